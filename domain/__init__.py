@@ -1,0 +1,15 @@
+"""The domain: the Batch aggregate and its rules. Imports only the standard
+library and ``eventsourcing.domain``."""
+
+from domain.batch import BATCH_CLOSED, NO_AVAILABLE_SLOT, Batch
+from domain.errors import BatchExpired, BatchRejection, InvalidRegistration, RegistrationConflict
+
+__all__ = [
+    "BATCH_CLOSED",
+    "NO_AVAILABLE_SLOT",
+    "Batch",
+    "BatchExpired",
+    "BatchRejection",
+    "InvalidRegistration",
+    "RegistrationConflict",
+]

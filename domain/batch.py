@@ -1,0 +1,396 @@
+"""The Batch aggregate: every rule of CONTRACT §2 lives in this file.
+
+Public methods decide; the narrow ``@event`` methods below them only record
+facts (they run again, unchanged, whenever the stream is replayed). Time is
+always an argument: nothing here reads a clock, logs or does I/O.
+
+A batch's stream may begin with any of its events (content and failures often
+arrive before the registration), so there is no separate "created" event: the
+first stored event builds an empty batch and applies itself to it.
+
+Stored contract: the event class names and this module's path form the stored
+topics (``domain.batch:Batch.SlotAssigned``). Never rename either without a
+topic mapping or an upcaster.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any, Literal
+from uuid import NAMESPACE_URL, UUID, uuid5
+
+from eventsourcing.domain import Aggregate, event
+
+from domain.errors import BatchExpired, InvalidRegistration, RegistrationConflict
+
+Status = Literal["awaiting_registration", "open", "completed", "timed_out", "expired"]
+NO_AVAILABLE_SLOT = "NO_AVAILABLE_SLOT"
+BATCH_CLOSED = "BATCH_CLOSED"
+CLOSED_STATUSES = frozenset({"completed", "timed_out", "expired"})
+
+# Fixed forever: changing it would move every batch to a new stream.
+BATCH_NAMESPACE = uuid5(NAMESPACE_URL, "urn:batch-slot-service:batch")
+
+
+class Batch(Aggregate):
+    """N ordered essay slots; each distinct content fills exactly one of them."""
+
+    class Event(Aggregate.Event):
+        """Base of every Batch event: the first event of a stream builds the batch."""
+
+        def mutate(self, aggregate: Any) -> Any:
+            if aggregate is None:
+                batch_id: str = self.__dict__["batch_id"]  # every Batch event names its batch
+                aggregate = Batch._empty(self.originator_id, batch_id, self.timestamp)
+            return super().mutate(aggregate)
+
+    @staticmethod
+    def create_id(batch_id: str) -> UUID:
+        """Every instance derives the same stream id from the upstream batch id."""
+        return uuid5(BATCH_NAMESPACE, batch_id)
+
+    @classmethod
+    def start(cls, batch_id: str, now: datetime) -> Batch:
+        """A batch with no history yet (version 0); its first event starts the stream."""
+        return cls._empty(cls.create_id(batch_id), batch_id, now)
+
+    @classmethod
+    def _empty(cls, originator_id: UUID, batch_id: str, timestamp: datetime) -> Batch:
+        batch = object.__new__(cls)
+        batch.__base_init__(originator_id=originator_id, originator_version=0, timestamp=timestamp)
+        batch._batch_id = batch_id
+        batch._status = "awaiting_registration"
+        batch._essay_ids = []
+        batch._deadline = None
+        batch._first_pending_at = None
+        batch._assigned = {}  # text_storage_id -> essay_id, in slot order
+        batch._pending = {}  # text_storage_id -> file facts, in arrival order
+        batch._excess = {}  # text_storage_id -> reason
+        batch._expired = {}  # text_storage_id -> True
+        batch._failures = {}  # file_upload_id -> failure facts
+        return batch
+
+    # Declared for type checkers; set in _empty and by the event methods.
+    _batch_id: str
+    _status: Status
+    _essay_ids: list[str]
+    _deadline: datetime | None
+    _first_pending_at: datetime | None
+    _assigned: dict[str, str]
+    _pending: dict[str, dict[str, str]]
+    _excess: dict[str, str]
+    _expired: dict[str, bool]
+    _failures: dict[str, dict[str, str]]
+
+    # ------------------------------------------------------------------ reads
+
+    @property
+    def batch_id(self) -> str:
+        return self._batch_id
+
+    @property
+    def status(self) -> Status:
+        return self._status
+
+    @property
+    def is_registered(self) -> bool:
+        return bool(self._essay_ids)
+
+    @property
+    def is_closed(self) -> bool:
+        return self._status in CLOSED_STATUSES
+
+    @property
+    def essay_ids(self) -> tuple[str, ...]:
+        return tuple(self._essay_ids)
+
+    @property
+    def expected(self) -> int:
+        return len(self._essay_ids)
+
+    @property
+    def deadline(self) -> datetime | None:
+        return self._deadline
+
+    @property
+    def first_pending_at(self) -> datetime | None:
+        return self._first_pending_at
+
+    @property
+    def assignments(self) -> dict[str, str]:
+        """essay_id -> text_storage_id, in slot order."""
+        return {essay_id: tsid for tsid, essay_id in self._assigned.items()}
+
+    @property
+    def available_slots(self) -> tuple[str, ...]:
+        # Slots fill strictly in registration order, so the free ones are a suffix.
+        return tuple(self._essay_ids[len(self._assigned) :])
+
+    @property
+    def pending(self) -> tuple[str, ...]:
+        return tuple(self._pending)
+
+    @property
+    def excess(self) -> dict[str, str]:
+        return dict(self._excess)
+
+    @property
+    def failures(self) -> tuple[str, ...]:
+        return tuple(self._failures)
+
+    def knows_content(self, text_storage_id: str) -> bool:
+        return any(
+            text_storage_id in known
+            for known in (self._assigned, self._pending, self._excess, self._expired)
+        )
+
+    # -------------------------------------------------------------- decisions
+
+    def register(
+        self, essay_ids: list[str], now: datetime, timeout_seconds: int, correlation_id: str
+    ) -> None:
+        """Open the batch with its ordered slots, then place pending content.
+
+        The same registration again changes nothing; different slots are refused.
+        """
+        if not essay_ids or len(set(essay_ids)) != len(essay_ids):
+            raise InvalidRegistration(self._batch_id, "essay_ids must be non-empty and distinct")
+        if self._status == "expired":
+            raise BatchExpired(self._batch_id, "pending content expired before registration")
+        if self.is_registered:
+            if list(essay_ids) == self._essay_ids:
+                return
+            raise RegistrationConflict(self._batch_id, "already registered with different slots")
+        deadline = now + timedelta(seconds=timeout_seconds)
+        self._registered(
+            batch_id=self._batch_id,
+            essay_ids=list(essay_ids),
+            expected_count=len(essay_ids),
+            deadline=deadline,
+            correlation_id=correlation_id,
+            timestamp=now,
+        )
+        for tsid, facts in list(self._pending.items()):
+            self._place(
+                tsid, facts["file_upload_id"], facts["original_file_name"], now, correlation_id
+            )
+        self._complete_if_done(now, correlation_id)
+
+    def provision_content(
+        self,
+        text_storage_id: str,
+        file_upload_id: str,
+        original_file_name: str,
+        now: datetime,
+        correlation_id: str,
+    ) -> None:
+        """Assign new content to the first free slot, hold it until registration,
+        or record it as true excess. Content the batch already knows is a no-op."""
+        if self.knows_content(text_storage_id):
+            return
+        if not self.is_registered and not self.is_closed:
+            self._pended(
+                batch_id=self._batch_id,
+                text_storage_id=text_storage_id,
+                file_upload_id=file_upload_id,
+                original_file_name=original_file_name,
+                correlation_id=correlation_id,
+                timestamp=now,
+            )
+            return
+        self._place(text_storage_id, file_upload_id, original_file_name, now, correlation_id)
+        self._complete_if_done(now, correlation_id)
+
+    def record_validation_failure(
+        self,
+        file_upload_id: str,
+        original_file_name: str,
+        error_code: str,
+        now: datetime,
+        correlation_id: str,
+    ) -> None:
+        """Record a file that failed validation (once); it counts toward completion."""
+        if file_upload_id in self._failures:
+            return
+        self._failure_recorded(
+            batch_id=self._batch_id,
+            file_upload_id=file_upload_id,
+            original_file_name=original_file_name,
+            error_code=error_code,
+            correlation_id=correlation_id,
+            timestamp=now,
+        )
+        self._complete_if_done(now, correlation_id)
+
+    def time_out(self, now: datetime, correlation_id: str) -> None:
+        """Close an open batch whose deadline has passed; otherwise change nothing."""
+        if self._status != "open" or self._deadline is None or now < self._deadline:
+            return
+        self._close("timed_out", now, correlation_id)
+
+    def expire_pending(self, now: datetime, ttl_seconds: int, correlation_id: str) -> None:
+        """Release the pending content of a batch never registered within the TTL."""
+        if self._status != "awaiting_registration" or self._first_pending_at is None:
+            return
+        if now < self._first_pending_at + timedelta(seconds=ttl_seconds):
+            return
+        self._pending_expired(
+            batch_id=self._batch_id,
+            text_storage_ids=list(self._pending),
+            correlation_id=correlation_id,
+            timestamp=now,
+        )
+
+    def _place(
+        self,
+        text_storage_id: str,
+        file_upload_id: str,
+        original_file_name: str,
+        now: datetime,
+        correlation_id: str,
+    ) -> None:
+        free = self.available_slots
+        if self.is_closed or not free:
+            self._excess_provisioned(
+                batch_id=self._batch_id,
+                text_storage_id=text_storage_id,
+                file_upload_id=file_upload_id,
+                original_file_name=original_file_name,
+                reason=BATCH_CLOSED if self.is_closed else NO_AVAILABLE_SLOT,
+                correlation_id=correlation_id,
+                timestamp=now,
+            )
+            return
+        self._slot_assigned(
+            batch_id=self._batch_id,
+            essay_id=free[0],
+            text_storage_id=text_storage_id,
+            file_upload_id=file_upload_id,
+            original_file_name=original_file_name,
+            correlation_id=correlation_id,
+            timestamp=now,
+        )
+
+    def _complete_if_done(self, now: datetime, correlation_id: str) -> None:
+        if self._status == "open" and len(self._assigned) + len(self._failures) >= self.expected:
+            self._close("completed", now, correlation_id)
+
+    def _close(
+        self, outcome: Literal["completed", "timed_out"], now: datetime, correlation_id: str
+    ) -> None:
+        self._completed(
+            batch_id=self._batch_id,
+            outcome="complete" if outcome == "completed" else "timed_out",
+            ready=[
+                {"essay_id": essay_id, "text_storage_id": tsid}
+                for tsid, essay_id in self._assigned.items()
+            ],
+            validation_failures=[
+                {"file_upload_id": fid, **facts} for fid, facts in self._failures.items()
+            ],
+            missing_essay_ids=list(self.available_slots),
+            correlation_id=correlation_id,
+            timestamp=now,
+        )
+
+    # ------------------------------------------------- facts (events applied)
+
+    @event("BatchRegistered")
+    def _registered(
+        self,
+        batch_id: str,
+        essay_ids: list[str],
+        expected_count: int,
+        deadline: datetime,
+        correlation_id: str,
+        timestamp: datetime,
+    ) -> None:
+        self._essay_ids = list(essay_ids)
+        self._deadline = deadline
+        self._status = "open"
+
+    @event("ContentPended")
+    def _pended(
+        self,
+        batch_id: str,
+        text_storage_id: str,
+        file_upload_id: str,
+        original_file_name: str,
+        correlation_id: str,
+        timestamp: datetime,
+    ) -> None:
+        self._pending[text_storage_id] = {
+            "file_upload_id": file_upload_id,
+            "original_file_name": original_file_name,
+        }
+        if self._first_pending_at is None:
+            self._first_pending_at = timestamp
+
+    @event("SlotAssigned")
+    def _slot_assigned(
+        self,
+        batch_id: str,
+        essay_id: str,
+        text_storage_id: str,
+        file_upload_id: str,
+        original_file_name: str,
+        correlation_id: str,
+        timestamp: datetime,
+    ) -> None:
+        self._pending.pop(text_storage_id, None)
+        self._assigned[text_storage_id] = essay_id
+
+    @event("ExcessContentProvisioned")
+    def _excess_provisioned(
+        self,
+        batch_id: str,
+        text_storage_id: str,
+        file_upload_id: str,
+        original_file_name: str,
+        reason: str,
+        correlation_id: str,
+        timestamp: datetime,
+    ) -> None:
+        self._pending.pop(text_storage_id, None)
+        self._excess[text_storage_id] = reason
+
+    @event("ValidationFailureRecorded")
+    def _failure_recorded(
+        self,
+        batch_id: str,
+        file_upload_id: str,
+        original_file_name: str,
+        error_code: str,
+        correlation_id: str,
+        timestamp: datetime,
+    ) -> None:
+        self._failures[file_upload_id] = {
+            "original_file_name": original_file_name,
+            "error_code": error_code,
+        }
+
+    @event("BatchCompleted")
+    def _completed(
+        self,
+        batch_id: str,
+        outcome: str,
+        ready: list[dict[str, str]],
+        validation_failures: list[dict[str, str]],
+        missing_essay_ids: list[str],
+        correlation_id: str,
+        timestamp: datetime,
+    ) -> None:
+        self._status = "completed" if outcome == "complete" else "timed_out"
+
+    @event("PendingContentExpired")
+    def _pending_expired(
+        self,
+        batch_id: str,
+        text_storage_ids: list[str],
+        correlation_id: str,
+        timestamp: datetime,
+    ) -> None:
+        for tsid in text_storage_ids:
+            self._pending.pop(tsid, None)
+            self._expired[tsid] = True
+        self._status = "expired"

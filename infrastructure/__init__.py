@@ -1,0 +1,1 @@
+"""Everything that talks to a server or a person."""

@@ -1,0 +1,99 @@
+"""PostgreSQL: the event store's configuration and the few direct queries.
+
+The ``eventsourcing`` library owns the events table (``batchservice_events``),
+its notification sequence and the snapshots table. This module turns
+``DATABASE_URL`` into the library's settings, makes sure the database and
+schema exist, and answers the read-only questions the CLI asks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import psycopg
+from psycopg import sql
+
+from infrastructure.settings import Settings
+
+# libpq reads these from the environment; DATABASE_URL's query string sets them.
+_LIBPQ_PARAMS = {
+    "sslmode": "PGSSLMODE",
+    "sslrootcert": "PGSSLROOTCERT",
+    "sslcert": "PGSSLCERT",
+    "sslkey": "PGSSLKEY",
+    "application_name": "PGAPPNAME",
+}
+
+
+def conninfo(settings: Settings, dbname: str | None = None) -> dict[str, Any]:
+    """psycopg connect() keyword arguments for DATABASE_URL (password included)."""
+    parts = urlsplit(settings.database_url.get_secret_value())
+    kwargs: dict[str, Any] = {
+        "host": parts.hostname,
+        "port": parts.port or 5432,
+        "user": unquote(parts.username or "postgres"),
+        "dbname": dbname or unquote(parts.path.lstrip("/")),
+    }
+    if parts.password is not None:
+        kwargs["password"] = unquote(parts.password)
+    for key, value in parse_qsl(parts.query):
+        if key in _LIBPQ_PARAMS:
+            kwargs[key] = value
+    return kwargs
+
+
+def event_store_env(settings: Settings) -> dict[str, str]:
+    """The ``eventsourcing`` library's environment for this deployment."""
+    info = conninfo(settings)
+    # The library builds its pool from host/port/user/password only; TLS and
+    # friends reach libpq through its standard environment variables.
+    for key, var in _LIBPQ_PARAMS.items():
+        if key in info:
+            os.environ[var] = str(info[key])
+    return {
+        "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        "POSTGRES_DBNAME": info["dbname"],
+        "POSTGRES_HOST": str(info["host"]),
+        "POSTGRES_PORT": str(info["port"]),
+        "POSTGRES_USER": info["user"],
+        "POSTGRES_PASSWORD": info.get("password", ""),
+        "POSTGRES_SCHEMA": settings.database_schema,
+        "POSTGRES_POOL_SIZE": str(settings.database_pool_size),
+        "POSTGRES_MAX_OVERFLOW": str(settings.database_pool_size),
+        "POSTGRES_LOCK_TIMEOUT": str(settings.database_lock_timeout_seconds),
+        "POSTGRES_IDLE_IN_TRANSACTION_SESSION_TIMEOUT": "10",
+        "POSTGRES_CONNECT_TIMEOUT": "5",
+        "POSTGRES_PRE_PING": "y",
+        "CREATE_TABLE": "y",
+        "AGGREGATE_CACHE_MAXSIZE": str(settings.aggregate_cache_size),
+    }
+
+
+def ensure_database(settings: Settings) -> None:
+    """Create the database and schema on first use (idempotent)."""
+    info = conninfo(settings)
+    try:
+        psycopg.connect(**info, connect_timeout=5).close()
+    except psycopg.OperationalError as e:
+        if "does not exist" not in str(e):
+            raise
+        admin = {**info, "dbname": "postgres"}
+        with (
+            psycopg.connect(**admin, autocommit=True) as conn,
+            contextlib.suppress(psycopg.errors.DuplicateDatabase),
+        ):
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(info["dbname"])))
+    if settings.database_schema != "public":
+        with psycopg.connect(**info, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
+                    sql.Identifier(settings.database_schema)
+                )
+            )
+
+
+def connect(settings: Settings) -> psycopg.Connection[Any]:
+    return psycopg.connect(**conninfo(settings), connect_timeout=5)

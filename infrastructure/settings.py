@@ -1,0 +1,152 @@
+"""Configuration from the environment, validated once at start-up.
+
+Every name is in README "Configuration". URLs that can hold a password are
+kept as ``SecretStr``: they never appear in a repr, a log line or an error.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/batchslot"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_KAFKA = "127.0.0.1:9092"
+
+
+class SettingsError(ValueError):
+    """A setting is missing or invalid; the message names the variable."""
+
+
+class Topics(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    registered: str = "batch.essays.registered.v1"
+    provisioned: str = "essay.content.provisioned.v1"
+    failed: str = "essay.validation.failed.v1"
+    events: str = "batch.events.v1"
+    dlq: str = "batch.dlq.v1"
+
+    @property
+    def inbound(self) -> tuple[str, str, str]:
+        return (self.registered, self.provisioned, self.failed)
+
+    @property
+    def all(self) -> tuple[str, ...]:
+        return (*self.inbound, self.events, self.dlq)
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    database_url: SecretStr = SecretStr(DEFAULT_DATABASE_URL)
+    database_schema: str = Field(default="public", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    database_pool_size: int = Field(default=5, ge=1, le=100)
+    database_lock_timeout_seconds: int = Field(default=5, ge=1, le=600)
+    redis_url: SecretStr = SecretStr(DEFAULT_REDIS_URL)
+    redis_key_prefix: str = Field(default="", pattern=r"^[A-Za-z0-9._:-]{0,64}$")
+    kafka_bootstrap_servers: str = DEFAULT_KAFKA
+    kafka_bootstrap_explicit: bool = False
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: str | None = None
+    kafka_consumer_group: str = "batch-slot-service"
+    kafka_topic_partitions: int = Field(default=3, ge=1, le=1000)
+    topics: Topics = Topics()
+    batch_timeout_seconds: int = Field(default=86400, ge=1)
+    pending_ttl_seconds: int = Field(default=86400, ge=1)
+    sweep_interval_seconds: float = Field(default=30.0, gt=0)
+    aggregate_cache_size: int = Field(default=10000, ge=0)
+    source_service: str = "batch-slot-service"
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, v: SecretStr) -> SecretStr:
+        parts = urlsplit(v.get_secret_value())
+        if parts.scheme not in ("postgresql", "postgres") or not parts.hostname:
+            raise ValueError("must look like postgresql://user[:password]@host[:port]/dbname")
+        if not parts.path.strip("/"):
+            raise ValueError("must name a database: postgresql://user@host:5432/dbname")
+        return v
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, v: SecretStr) -> SecretStr:
+        if urlsplit(v.get_secret_value()).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("must look like redis://[user:password@]host:6379/0")
+        return v
+
+    def redacted(self) -> dict[str, object]:
+        """Settings safe to log: passwords replaced by ***."""
+        data = self.model_dump(mode="json", exclude={"kafka_sasl_password"})
+        data["database_url"] = redact_url(self.database_url.get_secret_value())
+        data["redis_url"] = redact_url(self.redis_url.get_secret_value())
+        return data
+
+
+def redact_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+_ENV: dict[str, str] = {
+    "DATABASE_URL": "database_url",
+    "DATABASE_SCHEMA": "database_schema",
+    "DATABASE_POOL_SIZE": "database_pool_size",
+    "DATABASE_LOCK_TIMEOUT_SECONDS": "database_lock_timeout_seconds",
+    "REDIS_URL": "redis_url",
+    "REDIS_KEY_PREFIX": "redis_key_prefix",
+    "KAFKA_BOOTSTRAP_SERVERS": "kafka_bootstrap_servers",
+    "KAFKA_SECURITY_PROTOCOL": "kafka_security_protocol",
+    "KAFKA_SASL_MECHANISM": "kafka_sasl_mechanism",
+    "KAFKA_SASL_USERNAME": "kafka_sasl_username",
+    "KAFKA_SASL_PASSWORD": "kafka_sasl_password",
+    "KAFKA_SSL_CAFILE": "kafka_ssl_cafile",
+    "KAFKA_CONSUMER_GROUP": "kafka_consumer_group",
+    "KAFKA_TOPIC_PARTITIONS": "kafka_topic_partitions",
+    "BATCH_TIMEOUT_SECONDS": "batch_timeout_seconds",
+    "PENDING_TTL_SECONDS": "pending_ttl_seconds",
+    "SWEEP_INTERVAL_SECONDS": "sweep_interval_seconds",
+    "AGGREGATE_CACHE_SIZE": "aggregate_cache_size",
+    "SOURCE_SERVICE": "source_service",
+    "METRICS_PORT": "metrics_port",
+    "LOG_LEVEL": "log_level",
+}
+_TOPIC_ENV = {
+    "TOPIC_BATCH_REGISTERED": "registered",
+    "TOPIC_CONTENT_PROVISIONED": "provisioned",
+    "TOPIC_VALIDATION_FAILED": "failed",
+    "TOPIC_BATCH_EVENTS": "events",
+    "TOPIC_DLQ": "dlq",
+}
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate every setting; raise SettingsError naming the variable."""
+    env = os.environ if environ is None else environ
+    fields: dict[str, object] = {}
+    for var, field in _ENV.items():
+        value = env.get(var, "").strip()
+        if value:
+            fields[field] = value
+    topics = {f: env[v].strip() for v, f in _TOPIC_ENV.items() if env.get(v, "").strip()}
+    if topics:
+        fields["topics"] = Topics(**topics)
+    fields["kafka_bootstrap_explicit"] = bool(env.get("KAFKA_BOOTSTRAP_SERVERS", "").strip())
+    try:
+        return Settings.model_validate(fields)
+    except ValidationError as e:
+        first = e.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else "?"
+        var = next((k for k, f in _ENV.items() if f == field), field.upper())
+        raise SettingsError(f"{var}: {first['msg']}") from None

@@ -1,0 +1,1 @@
+"""What each event means to a reader: pure mappings, testable without servers."""

@@ -1,0 +1,108 @@
+"""Shared fixtures: real PostgreSQL, Redis and a real Kafka-protocol broker.
+
+Every test gets its own PostgreSQL schema and Redis key prefix, so tests (and
+parallel runs) never see each other's data. Hypothesis profiles: ``ci`` (the
+default under CI=true) and ``local``; choose with HYPOTHESIS_PROFILE.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import pytest
+import redis
+from hypothesis import HealthCheck, settings
+
+from application.service import BatchService
+from infrastructure.bootstrap import Bootstrap
+from infrastructure.local_broker import LocalBroker
+from infrastructure.postgres import conninfo
+from infrastructure.settings import Settings, load_settings
+
+settings.register_profile(
+    "ci", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile(
+    "local", max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile(
+    os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "local")
+)
+
+TEST_DATABASE_URL = os.environ.get(
+    "TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/batchslot_test"
+)
+TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def make_settings(**extra: str) -> Settings:
+    """Settings for one test: a fresh schema and Redis key prefix."""
+    tag = uuid.uuid4().hex[:10]
+    env = {
+        "DATABASE_URL": TEST_DATABASE_URL,
+        "DATABASE_SCHEMA": f"t_{tag}",
+        "REDIS_URL": TEST_REDIS_URL,
+        "REDIS_KEY_PREFIX": f"test:{tag}:",
+        **extra,
+    }
+    return load_settings(env)
+
+
+def drop_schema(s: Settings) -> None:
+    with psycopg.connect(**conninfo(s), autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{s.database_schema}" CASCADE')
+
+
+def drop_redis_prefix(s: Settings) -> None:
+    client = redis.Redis.from_url(s.redis_url.get_secret_value())
+    keys = list(client.scan_iter(match=f"{s.redis_key_prefix}*", count=1000))
+    for i in range(0, len(keys), 500):
+        client.delete(*keys[i : i + 500])
+    client.close()
+
+
+@pytest.fixture
+def test_settings() -> Iterator[Settings]:
+    s = make_settings()
+    yield s
+    drop_schema(s)
+    drop_redis_prefix(s)
+
+
+@pytest.fixture
+def redis_client(test_settings: Settings) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(test_settings.redis_url.get_secret_value())
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[LocalBroker]:
+    """A real Kafka-protocol broker (Tansu) on a free loopback port."""
+    b = LocalBroker().start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def service(test_settings: Settings) -> Iterator[BatchService]:
+    svc = Bootstrap(test_settings).batch_service()
+    yield svc
+    svc.close()
+
+
+class ManualClock:
+    """Time as an input: tests move it explicitly."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self.now = start or datetime(2026, 1, 1, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
