@@ -1,0 +1,1 @@
+"""batchctl: the operator's command line (CONTRACT §6)."""
