@@ -1,0 +1,161 @@
+"""Inbound messages (CONTRACT §3): bytes in, a command out, or a named reason why not.
+
+Checks run cheapest first: size, UTF-8, JSON, the envelope, the event type
+for the topic, then the ``data`` model (strict: extra fields forbidden,
+identifiers and sizes as the contract says).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+from uuid import UUID
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
+
+from application.commands import (
+    MAX_SLOTS,
+    AnyCommand,
+    ErrorCode,
+    FileName,
+    Identifier,
+    ProvisionContent,
+    RecordValidationFailure,
+    RegisterBatch,
+)
+
+MAX_MESSAGE_BYTES = 1024 * 1024
+TopicKind = Literal["registered", "provisioned", "failed"]
+EVENT_TYPE_OF: dict[TopicKind, str] = {
+    "registered": "BatchEssaysRegistered",
+    "provisioned": "EssayContentProvisioned",
+    "failed": "EssayValidationFailed",
+}
+ShortText = Annotated[str, StringConstraints(max_length=255)]
+
+
+class InvalidMessage(ValueError):
+    """The message cannot become a command. ``reason`` is a stable code for the DLQ."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail[:500]
+
+
+class Envelope(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    event_id: UUID
+    event_type: str = Field(max_length=128)
+    event_timestamp: AwareDatetime
+    source_service: str = Field(min_length=1, max_length=128)
+    correlation_id: UUID
+    schema_version: int
+    data: dict[str, Any]
+
+
+class _Data(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    batch_id: Identifier
+
+
+class BatchEssaysRegisteredData(_Data):
+    essay_ids: Annotated[list[Identifier], Field(min_length=1, max_length=MAX_SLOTS)]
+    expected_essay_count: int | None = Field(default=None, ge=1, le=MAX_SLOTS)
+    course_code: ShortText | None = None
+    user_id: ShortText | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> BatchEssaysRegisteredData:
+        if len(set(self.essay_ids)) != len(self.essay_ids):
+            raise ValueError("essay_ids must be distinct")
+        if self.expected_essay_count is not None and self.expected_essay_count != len(
+            self.essay_ids
+        ):
+            raise ValueError("expected_essay_count must equal len(essay_ids)")
+        return self
+
+
+class EssayContentProvisionedData(_Data):
+    text_storage_id: Identifier
+    file_upload_id: Identifier
+    original_file_name: FileName
+    raw_file_storage_id: Identifier | None = None
+    file_size_bytes: int | None = Field(default=None, ge=0, le=2**53)
+    content_md5_hash: Annotated[str, StringConstraints(pattern=r"^[0-9a-fA-F]{32}$")] | None = None
+
+
+class EssayValidationFailedData(_Data):
+    file_upload_id: Identifier
+    original_file_name: FileName
+    error_code: ErrorCode
+    error_message: Annotated[str, StringConstraints(max_length=4000)] | None = None
+
+
+def _first_error(e: ValidationError) -> str:
+    err = e.errors(include_url=False)[0]
+    where = ".".join(str(p) for p in err["loc"]) or "message"
+    return f"{where}: {err['msg']}"
+
+
+def parse_envelope(value: bytes | None) -> Envelope:
+    if value is None:
+        raise InvalidMessage("EMPTY_MESSAGE", "message has no value")
+    if len(value) > MAX_MESSAGE_BYTES:
+        raise InvalidMessage("MESSAGE_TOO_LARGE", f"{len(value)} bytes > {MAX_MESSAGE_BYTES}")
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InvalidMessage("INVALID_UTF8", str(e)) from None
+    try:
+        envelope = Envelope.model_validate_json(text)
+    except ValidationError as e:
+        kind = e.errors()[0]["type"]
+        reason = "INVALID_JSON" if kind.startswith("json") else "INVALID_ENVELOPE"
+        raise InvalidMessage(reason, _first_error(e)) from None
+    if envelope.schema_version != 1:
+        raise InvalidMessage(
+            "UNSUPPORTED_SCHEMA_VERSION", f"schema_version {envelope.schema_version} (expected 1)"
+        )
+    return envelope
+
+
+def parse_message(kind: TopicKind, value: bytes | None) -> AnyCommand:
+    """Turn one inbound message into its command, or raise InvalidMessage."""
+    envelope = parse_envelope(value)
+    expected = EVENT_TYPE_OF[kind]
+    if envelope.event_type != expected:
+        raise InvalidMessage(
+            "UNEXPECTED_EVENT_TYPE", f"event_type {envelope.event_type[:64]!r}, expected {expected}"
+        )
+    cid = str(envelope.correlation_id)
+    try:
+        if kind == "registered":
+            r = BatchEssaysRegisteredData.model_validate(envelope.data)
+            return RegisterBatch(batch_id=r.batch_id, correlation_id=cid, essay_ids=r.essay_ids)
+        if kind == "provisioned":
+            p = EssayContentProvisionedData.model_validate(envelope.data)
+            return ProvisionContent(
+                batch_id=p.batch_id,
+                correlation_id=cid,
+                text_storage_id=p.text_storage_id,
+                file_upload_id=p.file_upload_id,
+                original_file_name=p.original_file_name,
+            )
+        f = EssayValidationFailedData.model_validate(envelope.data)
+        return RecordValidationFailure(
+            batch_id=f.batch_id,
+            correlation_id=cid,
+            file_upload_id=f.file_upload_id,
+            original_file_name=f.original_file_name,
+            error_code=f.error_code,
+        )
+    except ValidationError as e:
+        raise InvalidMessage("INVALID_DATA", _first_error(e)) from None

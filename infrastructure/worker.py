@@ -1,0 +1,152 @@
+"""The worker: inbound topics -> commands -> BatchService, offsets committed after.
+
+One poll at a time: every message is parsed (invalid ones are dead-lettered),
+the poll's commands are decided together (one load and one append per batch),
+rejected commands are dead-lettered, and only then are the offsets committed.
+Transient failures (PostgreSQL restart, too many version conflicts) are
+retried with backoff and never reach the DLQ; nothing is committed until the
+poll's commands are durably recorded or known to be no-ops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError
+from eventsourcing.persistence import InterfaceError, OperationalError
+
+from application.messages import InvalidMessage, TopicKind, parse_message
+from application.service import BatchService, ConcurrencyExhausted, Result
+from infrastructure import metrics
+from infrastructure.dlq import DLQ_MAX_REQUEST_BYTES, DeadLetter, send_dead_letters
+from infrastructure.kafka import make_consumer, make_producer
+from infrastructure.settings import Settings
+
+log = logging.getLogger("batchslot.worker")
+TRANSIENT = (OperationalError, InterfaceError, ConcurrencyExhausted, TimeoutError)
+
+
+@dataclass
+class PollOutcome:
+    commands: int = 0
+    dead_lettered: int = 0
+
+
+class _CommitOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
+    """A rebalance waits until the poll in hand is recorded and committed."""
+
+    def __init__(self, lock: asyncio.Lock) -> None:
+        self.lock = lock
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        async with self.lock:
+            log.info("partitions revoked", extra={"partitions": [str(tp) for tp in revoked]})
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        log.info("partitions assigned", extra={"partitions": [str(tp) for tp in assigned]})
+
+
+class Worker:
+    def __init__(self, settings: Settings, service: BatchService, max_records: int = 1000) -> None:
+        self.settings = settings
+        self.service = service
+        self.max_records = max_records
+        t = settings.topics
+        self.kind_of: dict[str, TopicKind] = {
+            t.registered: "registered",
+            t.provisioned: "provisioned",
+            t.failed: "failed",
+        }
+        self._lock = asyncio.Lock()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        consumer = make_consumer(
+            self.settings,
+            group_id=self.settings.kafka_consumer_group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=self.max_records,
+        )
+        consumer.subscribe(list(self.kind_of), listener=_CommitOnRevoke(self._lock))
+        producer = make_producer(self.settings, max_request_size=DLQ_MAX_REQUEST_BYTES)
+        await consumer.start()
+        await producer.start()
+        log.info("worker started", extra={"topics": list(self.kind_of)})
+        try:
+            while not stop.is_set():
+                records = await consumer.getmany(timeout_ms=500, max_records=self.max_records)
+                if records:
+                    async with self._lock:
+                        await self.handle(consumer, producer, records, stop)
+        finally:
+            await consumer.stop()
+            await producer.stop()
+            log.info("worker stopped")
+
+    async def handle(
+        self,
+        consumer: AIOKafkaConsumer,
+        producer: AIOKafkaProducer,
+        records: dict[TopicPartition, list[Any]],
+        stop: asyncio.Event,
+    ) -> PollOutcome:
+        commands, sources, dead = [], [], []
+        for tp, messages in records.items():
+            for message in messages:
+                try:
+                    commands.append(parse_message(self.kind_of[tp.topic], message.value))
+                    sources.append(message)
+                except InvalidMessage as e:
+                    metrics.MESSAGES.labels(tp.topic, "invalid").inc()
+                    dead.append(DeadLetter(message, e.reason, e.detail))
+        results = await self._execute(commands, stop)
+        for message, result in zip(sources, results, strict=True):
+            self._count(message.topic, result)
+            if result.outcome == "rejected":
+                dead.append(DeadLetter(message, result.reason or "REJECTED", result.detail or ""))
+        await send_dead_letters(producer, self.settings.topics.dlq, dead)
+        await self._commit(consumer, records)
+        return PollOutcome(len(commands), len(dead))
+
+    async def _execute(self, commands: list[Any], stop: asyncio.Event) -> list[Result]:
+        delay = 0.1
+        while True:
+            try:
+                return await asyncio.to_thread(self.service.execute, commands)
+            except TRANSIENT as e:
+                metrics.TRANSIENT.labels("execute").inc()
+                log.warning("transient failure, retrying", extra={"error": type(e).__name__})
+                if stop.is_set():
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _commit(
+        self, consumer: AIOKafkaConsumer, records: dict[TopicPartition, list[Any]]
+    ) -> None:
+        offsets = {tp: messages[-1].offset + 1 for tp, messages in records.items() if messages}
+        try:
+            await consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError) as e:
+            # The partitions moved on a rebalance; their new owner re-reads from the
+            # last committed offset, and every command is idempotent.
+            log.warning("commit failed after rebalance", extra={"error": str(e)})
+
+    @staticmethod
+    def _count(topic: str, result: Result) -> None:
+        metrics.MESSAGES.labels(topic, result.outcome).inc()
+        metrics.COMMANDS.labels(type(result.command).__name__, result.outcome).inc()
+        log.debug(
+            "command",
+            extra={
+                "correlation_id": result.command.correlation_id,
+                "batch_id": result.command.batch_id,
+                "command": type(result.command).__name__,
+                "outcome": result.outcome,
+                "reason": result.reason,
+            },
+        )

@@ -1,0 +1,100 @@
+"""End-to-end fixtures: per-test topics on the real broker, a running worker."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+
+from infrastructure.kafka import ensure_topics, make_consumer, make_producer
+from infrastructure.local_broker import LocalBroker
+from infrastructure.scenario import Message
+from infrastructure.settings import Settings
+from tests.conftest import drop_redis_prefix, drop_schema, make_settings
+
+
+def kafka_settings(broker: LocalBroker, **extra: str) -> Settings:
+    tag = uuid.uuid4().hex[:8]
+    return make_settings(
+        KAFKA_BOOTSTRAP_SERVERS=broker.bootstrap_servers,
+        KAFKA_CONSUMER_GROUP=f"g-{tag}",
+        TOPIC_BATCH_REGISTERED=f"reg-{tag}",
+        TOPIC_CONTENT_PROVISIONED=f"prov-{tag}",
+        TOPIC_VALIDATION_FAILED=f"fail-{tag}",
+        TOPIC_BATCH_EVENTS=f"events-{tag}",
+        TOPIC_DLQ=f"dlq-{tag}",
+        **extra,
+    )
+
+
+@pytest.fixture
+def e2e_settings(broker: LocalBroker) -> Iterator[Settings]:
+    s = kafka_settings(broker)
+    asyncio.run(ensure_topics(s))
+    yield s
+    drop_schema(s)
+    drop_redis_prefix(s)
+
+
+def topic_of(settings: Settings, message: Message) -> str:
+    t = settings.topics
+    return {"registered": t.registered, "provisioned": t.provisioned, "failed": t.failed}[
+        message.kind
+    ]
+
+
+async def produce(settings: Settings, messages: Iterable[Message]) -> None:
+    producer = make_producer(settings)
+    await producer.start()
+    try:
+        pending = [
+            await producer.send(topic_of(settings, m), value=m.value, key=m.key.encode())
+            for m in messages
+        ]
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+
+
+async def consume(
+    settings: Settings, topic: str, until: Callable[[list[Any]], bool], timeout: float = 30.0
+) -> list[Any]:
+    """Read a topic from the beginning (no group) until ``until(records)`` or timeout."""
+    consumer = make_consumer(settings, topic, group_id=None)
+    await consumer.start()
+    records: list[Any] = []
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not until(records) and loop.time() < deadline:
+            batch = await consumer.getmany(timeout_ms=200)
+            for messages in batch.values():
+                records.extend(messages)
+    finally:
+        await consumer.stop()
+    return records
+
+
+@asynccontextmanager
+async def running(coro_factory: Callable[[asyncio.Event], Any]) -> AsyncIterator[asyncio.Event]:
+    """Run a service loop in a task for the duration of the block, then stop it."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(coro_factory(stop))
+    try:
+        yield stop
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=30)
+
+
+async def eventually(check: Callable[[], bool], timeout: float = 30.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not check():
+        if loop.time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.1)

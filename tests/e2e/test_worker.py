@@ -1,0 +1,155 @@
+"""The worker against the real broker and PostgreSQL: inbound messages become events."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+from application.service import BatchService
+from domain import Batch
+from infrastructure.bootstrap import Bootstrap
+from infrastructure.scenario import Message, content, envelope, failure, registration
+from infrastructure.settings import Settings
+from infrastructure.worker import Worker
+from tests.e2e.conftest import consume, eventually, produce, running
+
+
+def stored_types(service: BatchService, batch_id: str) -> list[str]:
+    return [type(e).__name__ for e in service.events.get(Batch.create_id(batch_id))]
+
+
+def test_messages_become_events_and_invalid_ones_go_to_the_dlq(e2e_settings: Settings) -> None:
+    service = Bootstrap(e2e_settings).batch_service()
+    bad = Message(
+        "registered", "x", envelope("registered", {"batch_id": "has space", "essay_ids": ["e"]})
+    )
+    messages = [
+        content("b1", "t1", "f1"),
+        registration("b1", ["e1", "e2", "e3"]),
+        content("b1", "t2", "f2"),
+        failure("b1", "f9"),
+        bad,
+        registration("b1", ["e1", "OTHER"]),  # a conflicting re-registration
+        Message("provisioned", "b1", b"\xff not json"),
+    ]
+
+    async def scenario() -> None:
+        async with running(Worker(e2e_settings, service).run):
+            await produce(e2e_settings, messages)
+            await eventually(
+                lambda: (
+                    service.get_batch("b1") is not None
+                    and service.get_batch("b1").status == "completed"
+                )
+            )  # type: ignore[union-attr]
+        dlq = await consume(e2e_settings, e2e_settings.topics.dlq, lambda r: len(r) >= 3)
+        reasons = Counter(dict(r.headers)["dlq.reason"].decode() for r in dlq)
+        assert reasons == Counter(
+            {"INVALID_DATA": 1, "REGISTRATION_CONFLICT": 1, "INVALID_UTF8": 1}
+        )
+        originals = {r.value for r in dlq}
+        assert bad.value in originals and b"\xff not json" in originals  # unchanged
+        headers = dict(dlq[0].headers)
+        assert {"dlq.source.topic", "dlq.source.partition", "dlq.source.offset"} <= set(headers)
+
+    asyncio.run(scenario())
+    batch = service.get_batch("b1")
+    assert batch is not None
+    assert batch.assignments == {"e1": "t1", "e2": "t2"}
+    assert batch.failures == ("f9",)
+    assert stored_types(service, "b1").count("BatchCompleted") == 1
+    service.close()
+
+
+def test_twenty_duplicate_deliveries_yield_one_assignment(e2e_settings: Settings) -> None:
+    service = Bootstrap(e2e_settings).batch_service()
+    messages = [content("dup", "t1", "f1") for _ in range(20)] + [registration("dup", ["e1", "e2"])]
+
+    async def scenario() -> None:
+        async with running(Worker(e2e_settings, service).run):
+            await produce(e2e_settings, messages)
+            await eventually(
+                lambda: (b := service.get_batch("dup")) is not None and b.is_registered
+            )
+            await asyncio.sleep(0.5)
+
+    asyncio.run(scenario())
+    assert stored_types(service, "dup").count("SlotAssigned") == 1
+    assert stored_types(service, "dup").count("ContentPended") <= 1
+    service.close()
+
+
+def test_early_content_in_small_batches_is_never_excess(e2e_settings: Settings) -> None:
+    """The old design's race: content before registration, batches of 2."""
+    service = Bootstrap(e2e_settings).batch_service()
+    messages: list[Message] = []
+    for n in range(40):
+        b = f"race-{n}"
+        messages += [content(b, f"{b}-t1", "f1"), content(b, f"{b}-t2", "f2")]
+        messages.append(registration(b, [f"{b}-e1", f"{b}-e2"]))
+
+    async def scenario() -> None:
+        async with running(Worker(e2e_settings, service).run):
+            await produce(e2e_settings, messages)
+            await eventually(
+                lambda: all(
+                    (b := service.get_batch(f"race-{n}")) is not None and b.status == "completed"
+                    for n in range(40)
+                )
+            )
+
+    asyncio.run(scenario())
+    for n in range(40):
+        types = stored_types(service, f"race-{n}")
+        assert "ExcessContentProvisioned" not in types
+        assert types.count("SlotAssigned") == 2 and types.count("BatchCompleted") == 1
+    service.close()
+
+
+def test_two_workers_in_one_group_split_the_load_and_lose_nothing(e2e_settings: Settings) -> None:
+    service_a = Bootstrap(e2e_settings).batch_service()
+    service_b = Bootstrap(e2e_settings).batch_service()
+    worker_a, worker_b = Worker(e2e_settings, service_a), Worker(e2e_settings, service_b)
+    handled: Counter[str] = Counter()
+    for name, worker in (("a", worker_a), ("b", worker_b)):
+        original = worker.handle
+
+        async def counting(*args, _orig=original, _name=name, **kwargs):  # type: ignore[no-untyped-def]
+            outcome = await _orig(*args, **kwargs)
+            handled[_name] += outcome.commands
+            return outcome
+
+        worker.handle = counting  # type: ignore[method-assign]
+    batches = [f"split-{n}" for n in range(60)]
+    messages: list[Message] = []
+    for b in batches:
+        messages += [
+            registration(b, [f"{b}-e1", f"{b}-e2"]),
+            content(b, f"{b}-t1", "f1"),
+            content(b, f"{b}-t2", "f2"),
+            content(b, f"{b}-t3", "f3"),
+        ]
+
+    async def scenario() -> None:
+        async with running(worker_a.run), running(worker_b.run):
+            await asyncio.sleep(3)  # let the group settle with both members
+            await produce(e2e_settings, messages)
+            await eventually(
+                lambda: all(
+                    (x := service_a.get_batch(b)) is not None and x.status == "completed"
+                    for b in batches
+                ),
+                timeout=60,
+            )
+            await asyncio.sleep(1)
+
+    asyncio.run(scenario())
+    for b in batches:
+        types = stored_types(service_a, b)
+        assert types.count("SlotAssigned") == 2
+        assert types.count("ExcessContentProvisioned") == 1
+        assert types.count("BatchCompleted") == 1
+    assert handled["a"] > 0 and handled["b"] > 0, handled
+    assert handled["a"] + handled["b"] >= len(messages)
+    service_a.close()
+    service_b.close()
