@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from datetime import datetime
 from typing import Protocol
 from uuid import uuid4
 
@@ -21,8 +22,8 @@ log = logging.getLogger("batchslot.sweep")
 
 
 class DeadlineIndex(Protocol):
-    def due_for_timeout(self, now: object) -> list[str]: ...
-    def due_for_expiry(self, now: object, ttl_seconds: int) -> list[str]: ...
+    def due_for_timeout(self, now: datetime) -> list[str]: ...
+    def due_for_expiry(self, now: datetime, ttl_seconds: int) -> list[str]: ...
 
 
 def sweep_once(service: BatchService, index: DeadlineIndex) -> list[Result]:

@@ -1,0 +1,122 @@
+"""Long-running processes: worker, projector, outbox, or all of them in one.
+
+One asyncio loop per process; SIGINT/SIGTERM set the stop event, every part
+finishes what it holds (the worker commits after its poll is recorded) and the
+process exits 0. If any part fails, the others are stopped and the error is
+raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from application.service import BatchService
+from infrastructure import metrics
+from infrastructure.bootstrap import Bootstrap
+from infrastructure.kafka import ensure_topics
+from infrastructure.local_broker import BrokerUnavailable, LocalBroker, answers, first_address
+from infrastructure.outbox import Outbox
+from infrastructure.projector import Projector
+from infrastructure.redis_view import RedisSlotView
+from infrastructure.settings import Settings
+from infrastructure.sweep import run_sweep
+from infrastructure.worker import Worker
+
+log = logging.getLogger("batchslot.runtime")
+
+
+@dataclass(frozen=True)
+class Parts:
+    worker: bool = False
+    projector: bool = False
+    outbox: bool = False
+    sweep: bool = False
+
+    @property
+    def needs_kafka(self) -> bool:
+        return self.worker or self.outbox
+
+
+ALL = Parts(worker=True, projector=True, outbox=True, sweep=True)
+
+
+def local_broker_if_needed(settings: Settings) -> LocalBroker | None:
+    """Start the local broker when no address was given and nothing answers locally."""
+    if answers(settings.kafka_bootstrap_servers):
+        return None
+    if settings.kafka_bootstrap_explicit:
+        raise BrokerUnavailable(
+            f"KAFKA_BOOTSTRAP_SERVERS={settings.kafka_bootstrap_servers} does not answer"
+        )
+    host, port = first_address(settings.kafka_bootstrap_servers)
+    log.info("starting the local Kafka-protocol broker", extra={"address": f"{host}:{port}"})
+    return LocalBroker(port=port, host=host).start()
+
+
+async def serve(settings: Settings, parts: Parts, stop: asyncio.Event | None = None) -> None:
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    metrics.serve(settings.metrics_port)
+    if parts.needs_kafka:
+        await ensure_topics(settings)
+    service = Bootstrap(settings).batch_service(on_conflict=metrics.CONFLICTS.inc)
+    projector = Projector(settings) if parts.projector else None
+    jobs: list[Coroutine[Any, Any, None]] = [_report_lag(service, settings, stop)]
+    if parts.outbox:
+        jobs.append(Outbox(settings, service).run(stop))
+    if parts.worker:
+        jobs.append(Worker(settings, service).run(stop))
+    if parts.sweep:
+        index = RedisSlotView.from_settings(settings)
+        jobs.append(run_sweep(service, index, settings.sweep_interval_seconds, stop))
+    if projector is not None:
+        projector.start()
+        jobs.append(_watch_projector(projector, stop))
+    log.info("service started", extra={"parts": vars(parts), "settings": settings.redacted()})
+    tasks = [asyncio.create_task(job) for job in jobs]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            if task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if projector is not None:
+            await asyncio.to_thread(projector.stop)
+        service.close()
+        log.info("service stopped")
+
+
+async def _watch_projector(projector: Projector, stop: asyncio.Event) -> None:
+    """Surface a projector thread failure; return when stopping."""
+    while not stop.is_set():
+        error = projector.error
+        if error is not None:
+            raise error
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=0.5)
+
+
+async def _report_lag(service: BatchService, settings: Settings, stop: asyncio.Event) -> None:
+    """Keep the lag gauges fresh (projection lag from Redis, outbox lag from PostgreSQL)."""
+    view = RedisSlotView.from_settings(settings)
+    while not stop.is_set():
+        try:
+            head = await asyncio.to_thread(service.recorder.max_notification_id) or 0
+            projected = await asyncio.to_thread(view.position) or 0
+            metrics.PROJECTION_LAG.set(max(0, head - projected))
+        except Exception as e:  # a gauge must never stop the service
+            log.debug("lag probe failed", extra={"error": repr(e)[:200]})
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=2.0)
+    view.close()
