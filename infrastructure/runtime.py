@@ -70,9 +70,10 @@ async def serve(settings: Settings, parts: Parts, stop: asyncio.Event | None = N
         await ensure_topics(settings)
     service = Bootstrap(settings).batch_service(on_conflict=metrics.CONFLICTS.inc)
     projector = Projector(settings) if parts.projector else None
-    jobs: list[Coroutine[Any, Any, None]] = [_report_lag(service, settings, stop)]
-    if parts.outbox:
-        jobs.append(Outbox(settings, service).run(stop))
+    outbox = Outbox(settings, service) if parts.outbox else None
+    jobs: list[Coroutine[Any, Any, None]] = [_report_lag(service, settings, outbox, stop)]
+    if outbox is not None:
+        jobs.append(outbox.run(stop))
     if parts.worker:
         jobs.append(Worker(settings, service).run(stop))
     if parts.sweep:
@@ -107,7 +108,9 @@ async def _watch_projector(projector: Projector, stop: asyncio.Event) -> None:
             await asyncio.wait_for(stop.wait(), timeout=0.5)
 
 
-async def _report_lag(service: BatchService, settings: Settings, stop: asyncio.Event) -> None:
+async def _report_lag(
+    service: BatchService, settings: Settings, outbox: Outbox | None, stop: asyncio.Event
+) -> None:
     """Keep the lag gauges fresh (projection lag from Redis, outbox lag from PostgreSQL)."""
     view = RedisSlotView.from_settings(settings)
     while not stop.is_set():
@@ -115,6 +118,9 @@ async def _report_lag(service: BatchService, settings: Settings, stop: asyncio.E
             head = await asyncio.to_thread(service.recorder.max_notification_id) or 0
             projected = await asyncio.to_thread(view.position) or 0
             metrics.PROJECTION_LAG.set(max(0, head - projected))
+            if outbox is not None:
+                published = await asyncio.to_thread(outbox.position)
+                metrics.OUTBOX_LAG.set(max(0, head - published))
         except Exception as e:  # a gauge must never stop the service
             log.debug("lag probe failed", extra={"error": repr(e)[:200]})
         with contextlib.suppress(TimeoutError):

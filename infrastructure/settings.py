@@ -57,6 +57,8 @@ class Settings(BaseModel):
     kafka_ssl_cafile: str | None = None
     kafka_consumer_group: str = "batch-slot-service"
     kafka_topic_partitions: int = Field(default=3, ge=1, le=1000)
+    # Only for brokers that support the idempotent producer (Tansu does not).
+    kafka_enable_idempotence: bool = False
     topics: Topics = Topics()
     batch_timeout_seconds: int = Field(default=86400, ge=1)
     pending_ttl_seconds: int = Field(default=86400, ge=1)
@@ -114,6 +116,7 @@ _ENV: dict[str, str] = {
     "KAFKA_SSL_CAFILE": "kafka_ssl_cafile",
     "KAFKA_CONSUMER_GROUP": "kafka_consumer_group",
     "KAFKA_TOPIC_PARTITIONS": "kafka_topic_partitions",
+    "KAFKA_ENABLE_IDEMPOTENCE": "kafka_enable_idempotence",
     "BATCH_TIMEOUT_SECONDS": "batch_timeout_seconds",
     "PENDING_TTL_SECONDS": "pending_ttl_seconds",
     "SWEEP_INTERVAL_SECONDS": "sweep_interval_seconds",

@@ -1,0 +1,127 @@
+"""Kafka: the one place that builds aiokafka clients from Settings.
+
+Security (CONTRACT §5): the SASL password is read from its ``SecretStr`` only
+here, handed straight to aiokafka and never logged; ``client_kwargs`` is not
+meant for printing.
+
+Ordering without an idempotent producer (read from aiokafka 0.14's source,
+``producer/sender.py`` and ``producer/message_accumulator.py``):
+
+- ``Sender._sender_routine`` drains the accumulator with
+  ``ignore_nodes=self._in_flight`` and adds every partition of a produce
+  request to ``_muted_partitions`` until that request finishes: at most ONE
+  produce request per broker, hence at most one batch per partition, is in
+  flight. That is Java's ``max.in.flight.requests.per.connection=1``, hard
+  wired; there is no setting for it.
+- A retriable failure re-enqueues the batch with ``appendleft`` (the head of
+  its partition's queue), so a retry cannot overtake later batches.
+- Without idempotence a batch is *expired* after ``request_timeout_ms`` and
+  failed, and the partition's next batch may then be sent. The outbox closes
+  that last gap itself: it keeps at most one batch per partition outstanding
+  and republishes the whole page after any failure (see ``outbox.py``).
+
+With ``acks="all"`` a send is acknowledged only once every in-sync replica has
+it. ``KAFKA_ENABLE_IDEMPOTENCE=true`` (for brokers that support it; Tansu does
+not) additionally makes aiokafka retry forever with sequence numbers, so
+broker-side retries introduce no duplicates.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.helpers import create_ssl_context
+
+from infrastructure.settings import Settings
+
+log = logging.getLogger(__name__)
+
+MAX_REPLICATION_FACTOR = 3
+# A record batch holds many envelopes; one envelope (at most 1 MiB, CONTRACT §3)
+# always fits, because aiokafka accepts the first record of any batch.
+MAX_BATCH_BYTES = 256 * 1024
+MAX_REQUEST_BYTES = 2 * 1024 * 1024
+
+
+def client_kwargs(settings: Settings) -> dict[str, Any]:
+    """Connection and security arguments shared by every aiokafka client."""
+    kwargs: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap_servers,
+        "security_protocol": settings.kafka_security_protocol,
+        "client_id": settings.source_service,
+    }
+    if settings.kafka_security_protocol.startswith("SASL_"):
+        kwargs["sasl_mechanism"] = settings.kafka_sasl_mechanism or "PLAIN"
+        kwargs["sasl_plain_username"] = settings.kafka_sasl_username
+        password = settings.kafka_sasl_password
+        kwargs["sasl_plain_password"] = password.get_secret_value() if password else None
+    if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
+        kwargs["ssl_context"] = create_ssl_context(cafile=settings.kafka_ssl_cafile)
+    return kwargs
+
+
+def producer_kwargs(settings: Settings) -> dict[str, Any]:
+    """The producer settings that keep per-partition order (see module docstring)."""
+    return {
+        "acks": "all",
+        "enable_idempotence": settings.kafka_enable_idempotence,
+        "linger_ms": 5,
+        "max_batch_size": MAX_BATCH_BYTES,
+        "max_request_size": MAX_REQUEST_BYTES,
+        "request_timeout_ms": 30_000,
+        "retry_backoff_ms": 200,
+        "metadata_max_age_ms": 60_000,
+    }
+
+
+def make_producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
+    """A producer (not started): ``await producer.start()`` connects it."""
+    return AIOKafkaProducer(**{**client_kwargs(settings), **producer_kwargs(settings), **overrides})
+
+
+def make_consumer(
+    settings: Settings, *topics: str, group_id: str | None, **overrides: Any
+) -> AIOKafkaConsumer:
+    """A consumer (not started) with manual commits, from the earliest offset."""
+    kwargs: dict[str, Any] = {
+        **client_kwargs(settings),
+        "group_id": group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        **overrides,
+    }
+    return AIOKafkaConsumer(*topics, **kwargs)
+
+
+async def ensure_topics(settings: Settings) -> list[str]:
+    """Create every missing topic of ``settings.topics.all``; return those created.
+
+    Idempotent: existing topics are left as they are (partition counts are not
+    changed). Replication factor: the number of brokers, at most 3.
+    """
+    admin = AIOKafkaAdminClient(**client_kwargs(settings))
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [t for t in settings.topics.all if t not in existing]
+        if not missing:
+            return []
+        brokers = len((await admin.describe_cluster())["brokers"])
+        replication = max(1, min(MAX_REPLICATION_FACTOR, brokers))
+        new = [NewTopic(t, settings.kafka_topic_partitions, replication) for t in missing]
+        response = await admin.create_topics(new)
+        created = []
+        for topic, code, *_ in response.topic_errors:
+            if code == 0:
+                created.append(topic)
+            elif code != TopicAlreadyExistsError.errno:  # a concurrent creator won
+                raise RuntimeError(f"cannot create Kafka topic {topic!r}: error code {code}")
+        if created:
+            log.info("created Kafka topics %s", created)
+        return created
+    finally:
+        await admin.close()

@@ -1,0 +1,127 @@
+"""The outbound envelope of a stored Batch event (CONTRACT §3, ``batch.events.v1``).
+
+Pure: no I/O, no clock. The same stored event always maps to the same bytes,
+so a republish after a crash is indistinguishable from the first publish.
+
+``event_id`` is ``uuid5(originator_id, str(originator_version))``: the
+aggregate id (itself a uuid5 of ``batch_id``) is the namespace and the
+version in the stream is the name. It is stable for a stored event, unique
+across every stream, and any reader holding the stream can recompute it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID, uuid5
+
+SCHEMA_VERSION = 1
+
+# event_type -> the `data` fields of CONTRACT §3, in the contract's order.
+DATA_FIELDS: Mapping[str, tuple[str, ...]] = {
+    "BatchRegistered": ("batch_id", "essay_ids", "expected_count", "deadline"),
+    "ContentPended": ("batch_id", "text_storage_id", "file_upload_id", "original_file_name"),
+    "SlotAssigned": (
+        "batch_id",
+        "essay_id",
+        "text_storage_id",
+        "file_upload_id",
+        "original_file_name",
+    ),
+    "ExcessContentProvisioned": (
+        "batch_id",
+        "text_storage_id",
+        "file_upload_id",
+        "original_file_name",
+        "reason",
+    ),
+    "ValidationFailureRecorded": (
+        "batch_id",
+        "file_upload_id",
+        "original_file_name",
+        "error_code",
+    ),
+    "BatchCompleted": ("batch_id", "outcome", "ready", "validation_failures", "missing_essay_ids"),
+    "PendingContentExpired": ("batch_id", "text_storage_ids"),
+}
+
+
+class UnknownEventType(ValueError):
+    """The event has no outbound contract (not a Batch event)."""
+
+
+@dataclass(frozen=True)
+class OutboundMessage:
+    """One Kafka record: key = batch_id, value = the JSON envelope, contract headers."""
+
+    key: bytes
+    value: bytes
+    headers: list[tuple[str, bytes]]
+    event_id: str
+    event_type: str
+
+
+def event_id_of(originator_id: UUID, version: int) -> UUID:
+    """The stable id of the stored event at ``version`` of stream ``originator_id``."""
+    return uuid5(originator_id, str(version))
+
+
+def rfc3339(value: datetime) -> str:
+    """UTC, ``Z`` suffix (naive datetimes are taken to be UTC)."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return rfc3339(value)
+    if isinstance(value, UUID):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {str(k): _json_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_value(v) for v in value]
+    return value
+
+
+def event_type_of(event: object) -> str:
+    name = type(event).__name__
+    if name not in DATA_FIELDS:
+        raise UnknownEventType(f"no outbound contract for event type {name!r}")
+    return name
+
+
+def envelope_dict(event: Any, source_service: str) -> dict[str, Any]:
+    """The envelope as a JSON-ready dict (``envelope_of`` encodes it)."""
+    event_type = event_type_of(event)
+    facts = vars(event)
+    return {
+        "event_id": str(event_id_of(event.originator_id, event.originator_version)),
+        "event_type": event_type,
+        "event_timestamp": rfc3339(event.timestamp),
+        "source_service": source_service,
+        "correlation_id": facts["correlation_id"],
+        "schema_version": SCHEMA_VERSION,
+        "data": {name: _json_value(facts[name]) for name in DATA_FIELDS[event_type]},
+    }
+
+
+def envelope_of(event: Any, source_service: str) -> OutboundMessage:
+    """The Kafka record for a stored Batch event."""
+    envelope = envelope_dict(event, source_service)
+    value = json.dumps(envelope, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return OutboundMessage(
+        key=envelope["data"]["batch_id"].encode("utf-8"),
+        value=value,
+        headers=[
+            ("event_id", envelope["event_id"].encode("utf-8")),
+            ("event_type", envelope["event_type"].encode("utf-8")),
+            ("correlation_id", envelope["correlation_id"].encode("utf-8")),
+        ],
+        event_id=envelope["event_id"],
+        event_type=envelope["event_type"],
+    )

@@ -1,0 +1,38 @@
+"""ensure_topics against the real broker: creates what is missing, idempotent."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+from aiokafka.admin import AIOKafkaAdminClient
+
+from infrastructure.kafka import client_kwargs, ensure_topics
+from infrastructure.local_broker import LocalBroker
+from tests.conftest import make_settings
+
+
+def test_ensure_topics_is_idempotent(broker: LocalBroker) -> None:
+    tag = uuid.uuid4().hex[:8]
+    settings = make_settings(
+        KAFKA_BOOTSTRAP_SERVERS=broker.bootstrap_servers,
+        KAFKA_TOPIC_PARTITIONS="5",
+        TOPIC_BATCH_EVENTS=f"events.{tag}",
+        TOPIC_DLQ=f"dlq.{tag}",
+        TOPIC_BATCH_REGISTERED=f"reg.{tag}",
+        TOPIC_CONTENT_PROVISIONED=f"prov.{tag}",
+        TOPIC_VALIDATION_FAILED=f"fail.{tag}",
+    )
+
+    async def scenario() -> None:
+        assert sorted(await ensure_topics(settings)) == sorted(settings.topics.all)
+        assert await ensure_topics(settings) == []
+        admin = AIOKafkaAdminClient(**client_kwargs(settings))
+        await admin.start()
+        try:
+            described = await admin.describe_topics([settings.topics.events])
+        finally:
+            await admin.close()
+        assert len(described[0]["partitions"]) == 5
+
+    asyncio.run(scenario())
