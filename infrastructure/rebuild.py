@@ -1,0 +1,106 @@
+"""Rebuild the Redis slot view from the event store, while readers keep reading.
+
+The log is replayed (up to the position at the start) under shadow keys that
+carry the same hash tags as the live ones; then each batch is swapped in by
+one Lua script (RENAME of its three keys and its index entries) unless the
+live batch is already newer, so a reader sees the old model or the new one,
+never a missing or partial batch and never a count going backwards. A running
+projector may go on writing the live keys meanwhile.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from eventsourcing.persistence import Tracking
+
+from application.service import BatchService
+from domain.batch import Batch
+from infrastructure.bootstrap import Bootstrap
+from infrastructure.redis_view import RedisSlotView
+from infrastructure.settings import Settings
+from projections.slot_view import DEADLINES, PENDING
+
+Progress = Callable[[int, int], None]  # (position reached, target position)
+
+
+@dataclass(frozen=True)
+class RebuildSummary:
+    events: int
+    batches: int
+    seconds: float
+
+
+def rebuild(
+    settings: Settings,
+    progress: Progress | None = None,
+    *,
+    service: BatchService | None = None,
+    view: RedisSlotView | None = None,
+    page_size: int = 1000,
+) -> RebuildSummary:
+    started = time.monotonic()
+    app = service or Bootstrap(settings).batch_service()
+    live = view or RedisSlotView.from_settings(settings)
+    shadow = live.shadow(uuid.uuid4().hex)
+    try:
+        target = app.recorder.max_notification_id() or 0
+        events, batch_ids = _replay(app, shadow, target, page_size, progress)
+        ordered = sorted(batch_ids)
+        for i in range(0, len(ordered), 500):
+            live.swap_in(shadow, ordered[i : i + 500])
+        _drop_strays(app, live, batch_ids)
+        for index in (DEADLINES, PENDING):
+            for batch_id in live.index_members(index).keys() - batch_ids:
+                live.drop(batch_id, seen_version="")  # index entries of batches with no keys
+        if target:
+            live.advance_position(target)
+    finally:
+        _delete_shadow(shadow)
+        if service is None:
+            app.close()
+        if view is None:
+            live.close()
+    return RebuildSummary(events, len(batch_ids), time.monotonic() - started)
+
+
+def _replay(
+    app: BatchService, shadow: RedisSlotView, target: int, page_size: int, progress: Progress | None
+) -> tuple[int, set[str]]:
+    position: int | None = None
+    events, batch_ids = 0, set[str]()
+    while target:
+        page = app.recorder.select_notifications(
+            start=position or 0, limit=page_size, stop=target, inclusive_of_start=False
+        )
+        decoded: list[tuple[Any, Tracking]] = [
+            (app.mapper.to_domain_event(n), Tracking(app.name, n.id)) for n in page
+        ]
+        position = shadow.apply(decoded, position)
+        events += len(page)
+        batch_ids.update(event.batch_id for event, _ in decoded)
+        if progress is not None:
+            progress(position or 0, target)
+        if len(page) < page_size:
+            break
+    return events, batch_ids
+
+
+def _drop_strays(app: BatchService, live: RedisSlotView, known: set[str]) -> None:
+    """Delete the live keys of batches the event store does not have."""
+    for batch_id in list(live.batch_ids()):
+        if batch_id in known or app.recorder.select_events(Batch.create_id(batch_id), limit=1):
+            continue
+        model = live.read_batch(batch_id)
+        if model is not None:
+            live.drop(batch_id, seen_version=model.summary.get("version", ""))
+
+
+def _delete_shadow(shadow: RedisSlotView) -> None:
+    keys = list(shadow.client.scan_iter(match=f"{shadow.prefix}*", count=1000))
+    for i in range(0, len(keys), 500):
+        shadow.client.delete(*keys[i : i + 500])

@@ -1,0 +1,107 @@
+"""The Lua scripts of the Redis slot view. Each runs atomically in Redis.
+
+APPLY is the twin of ``projections.slot_view.fold``: one event's changes, the
+sweep-index entries and the projection position move together, or not at all.
+Return codes: 1 applied, 0 already applied (version guard), -1 version gap
+(nothing written), -2 position behind what the caller last wrote (the
+tracking key was lost, e.g. Redis was flushed; nothing written).
+
+The batch keys share a hash tag; the tracking and index keys do not, so these
+scripts need a single Redis instance (not Cluster) to touch them together.
+"""
+
+from __future__ import annotations
+
+_CHUNK = """
+local function each_chunk(list, fn)
+  for i = 1, #list, 500 do fn({unpack(list, i, math.min(i + 499, #list))}) end
+end
+"""
+
+APPLY = (
+    _CHUNK
+    + """
+local nid = tonumber(ARGV[1])
+local cur = redis.call('GET', KEYS[4])
+if ARGV[2] ~= '' and (not cur or tonumber(cur) < tonumber(ARGV[2])) then return -2 end
+local version = tonumber(ARGV[4])
+local have = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
+if version > have + 1 then return -1 end
+local applied = 0
+if version == have + 1 then
+  local c = cjson.decode(ARGV[5])
+  if have == 0 then
+    redis.call('HSET', KEYS[1], 'status', 'awaiting_registration', 'expected', '0',
+      'assigned', '0', 'available', '0', 'pending', '0', 'failed', '0', 'excess', '0')
+  end
+  for f, v in pairs(c.set_fields or {}) do redis.call('HSET', KEYS[1], f, v) end
+  for f, n in pairs(c.incr_fields or {}) do redis.call('HINCRBY', KEYS[1], f, n) end
+  if c.drain_pending and tonumber(redis.call('HGET', KEYS[1], 'pending')) > 0 then
+    redis.call('HINCRBY', KEYS[1], 'pending', -1)
+  end
+  redis.call('HSET', KEYS[1], 'version', ARGV[4])
+  each_chunk(c.add_slots or {}, function(part) redis.call('SADD', KEYS[2], unpack(part)) end)
+  each_chunk(c.remove_slots or {}, function(part) redis.call('SREM', KEYS[2], unpack(part)) end)
+  for e, t in pairs(c.assign or {}) do redis.call('HSET', KEYS[3], e, t) end
+  local index = {deadlines = KEYS[5], pending = KEYS[6]}
+  for name, score in pairs(c.index or {}) do redis.call('ZADD', index[name], score, ARGV[3]) end
+  for name, score in pairs(c.index_nx or {}) do
+    redis.call('ZADD', index[name], 'NX', score, ARGV[3])
+  end
+  for _, name in ipairs(c.unindex or {}) do redis.call('ZREM', index[name], ARGV[3]) end
+  applied = 1
+end
+if not cur or tonumber(cur) < nid then redis.call('SET', KEYS[4], ARGV[1]) end
+return applied
+"""
+)
+
+# KEYS: summary, available_slots, assignments. One consistent snapshot.
+READ = """
+return {redis.call('HGETALL', KEYS[1]), redis.call('SMEMBERS', KEYS[2]),
+        redis.call('HGETALL', KEYS[3])}
+"""
+
+# KEYS[1] tracking; ARGV[1] notification id; ARGV[2] '1' = only if strictly greater.
+ADVANCE = """
+local cur = redis.call('GET', KEYS[1])
+if cur and tonumber(cur) >= tonumber(ARGV[1]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[1])
+return 1
+"""
+
+# KEYS: live summary, slots, assignments, shadow summary, slots, assignments,
+#       live deadlines, live pending, shadow deadlines, shadow pending.
+# ARGV[1] batch id. Swaps the shadow batch in unless the live one is newer.
+SWAP = """
+local sv = tonumber(redis.call('HGET', KEYS[4], 'version') or '0')
+local lv = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
+if sv < lv then
+  redis.call('DEL', KEYS[4], KEYS[5], KEYS[6])
+  return 0
+end
+for i = 1, 3 do
+  if redis.call('EXISTS', KEYS[i + 3]) == 1 then
+    redis.call('RENAME', KEYS[i + 3], KEYS[i])
+  else
+    redis.call('DEL', KEYS[i])
+  end
+end
+for i = 7, 8 do
+  local score = redis.call('ZSCORE', KEYS[i + 2], ARGV[1])
+  if score then redis.call('ZADD', KEYS[i], score, ARGV[1])
+  else redis.call('ZREM', KEYS[i], ARGV[1]) end
+end
+return 1
+"""
+
+# KEYS: summary, slots, assignments, deadlines, pending. ARGV: batch id, version seen.
+# Drops a batch only if nothing was projected into it since it was seen.
+DROP = """
+local v = redis.call('HGET', KEYS[1], 'version')
+if v and v ~= ARGV[2] then return 0 end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+redis.call('ZREM', KEYS[4], ARGV[1])
+redis.call('ZREM', KEYS[5], ARGV[1])
+return 1
+"""

@@ -1,0 +1,233 @@
+"""The projector and the rebuild against real Redis and PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+import redis
+
+from application.commands import RegisterBatch
+from application.service import BatchService
+from infrastructure.bootstrap import Bootstrap
+from infrastructure.projector import Projector, rebuild, run_projector
+from infrastructure.redis_view import RedisSlotView
+from infrastructure.settings import Settings
+from projections.slot_view import DEADLINES, PENDING, ReadModel, index_entries_of
+from tests.conftest import ManualClock
+from tests.integration.slot_support import (
+    busy_workload,
+    everything,
+    expected_models,
+    head,
+    view_models,
+)
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+def clocked(test_settings: Settings, clock: ManualClock) -> Iterator[BatchService]:
+    svc = Bootstrap(test_settings).batch_service(clock=clock)
+    yield svc
+    svc.close()
+
+
+@pytest.fixture
+def view(test_settings: Settings) -> Iterator[RedisSlotView]:
+    v = RedisSlotView.from_settings(test_settings)
+    yield v
+    v.close()
+
+
+def eventually(check: Callable[[], bool], timeout: float = 10.0, every: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(every)
+
+
+def all_ids(view: RedisSlotView, ids: list[str]) -> list[str]:
+    return sorted(set(ids) | set(view.batch_ids()))
+
+
+def assert_exact(service: BatchService, view: RedisSlotView, ids: list[str]) -> None:
+    ids = all_ids(view, ids)
+    assert view_models(view, ids) == expected_models(service, ids)
+    for index in (DEADLINES, PENDING):
+        expected = {}
+        for b in ids:
+            batch = service.get_batch(b)
+            entry = None if batch is None else index_entries_of(batch).get(index)
+            if entry is not None:
+                expected[b] = float(entry)
+        assert view.index_members(index) == expected
+
+
+def test_stopped_mid_stream_and_restarted_without_gap_or_double_count(
+    test_settings: Settings, clocked: BatchService, clock: ManualClock, view: RedisSlotView
+) -> None:
+    ids = busy_workload(clocked, clock, batches=40, rounds=1500)
+    target = head(clocked)
+    first = Projector(test_settings, service=clocked, page_size=3).start()
+    eventually(lambda: (view.position() or 0) > target // 3, every=0.002)
+    first.stop()
+    stopped_at = view.position() or 0
+    assert 0 < stopped_at < target, "the first projector should stop mid-stream"
+    busy_workload(clocked, clock, batches=40, rounds=300, seed=8)  # more while it is down
+    view.client.set(view._tracking(), stopped_at // 2)  # an older position: replays are no-ops
+    second = Projector(test_settings, service=clocked, page_size=50).start()
+    try:
+        second.wait_for(head(clocked), timeout=30)
+        assert_exact(clocked, view, ids)
+        assert second.replays == 0
+    finally:
+        second.stop()
+
+
+def test_redis_connections_killed_mid_stream_are_survived(
+    test_settings: Settings, clocked: BatchService, clock: ManualClock, view: RedisSlotView
+) -> None:
+    ids = busy_workload(clocked, clock, batches=40, rounds=1500)
+    url = test_settings.redis_url.get_secret_value()
+    name = f"projector-{test_settings.database_schema}"
+    client = redis.Redis.from_url(url, decode_responses=True, client_name=name)
+    victim = RedisSlotView(client, test_settings.redis_key_prefix)
+    projector = Projector(test_settings, service=clocked, view=victim, page_size=5).start()
+    try:
+        eventually(lambda: (view.position() or 0) > head(clocked) // 4)
+        killed = 0
+        for info in view.client.client_list():
+            if info.get("name") == name:
+                killed += view.client.client_kill_filter(_id=info["id"])
+        assert killed >= 1
+        projector.wait_for(head(clocked), timeout=30)
+        assert_exact(clocked, view, ids)
+    finally:
+        projector.stop()
+        client.close()
+
+
+def test_a_flushed_read_model_is_noticed_while_idle_and_rebuilt_from_zero(
+    test_settings: Settings, clocked: BatchService, clock: ManualClock, view: RedisSlotView
+) -> None:
+    ids = busy_workload(clocked, clock, batches=10, rounds=200)
+    projector = Projector(test_settings, service=clocked, watchdog_seconds=0.1).start()
+    try:
+        projector.wait_for(head(clocked))
+        before = everything(view)
+        view.client.delete(*view.client.keys(f"{view.prefix}*"))  # as FLUSHALL would
+        eventually(lambda: everything(view) == before)
+        assert projector.replays >= 1
+        assert_exact(clocked, view, ids)
+    finally:
+        projector.stop()
+
+
+def test_a_flushed_read_model_is_noticed_on_the_next_event(
+    test_settings: Settings, clocked: BatchService, clock: ManualClock, view: RedisSlotView
+) -> None:
+    ids = busy_workload(clocked, clock, batches=10, rounds=200)
+    projector = Projector(test_settings, service=clocked, watchdog_seconds=3600).start()
+    try:
+        projector.wait_for(head(clocked))
+        view.client.delete(*view.client.keys(f"{view.prefix}*"))
+        clocked.execute([RegisterBatch(batch_id="after", correlation_id="c", essay_ids=["e"])])
+        projector.wait_for(head(clocked))
+        assert projector.replays == 1
+        assert_exact(clocked, view, [*ids, "after"])
+    finally:
+        projector.stop()
+
+
+def test_run_projector_blocks_until_stopped(
+    test_settings: Settings, clocked: BatchService, clock: ManualClock, view: RedisSlotView
+) -> None:
+    ids = busy_workload(clocked, clock, batches=5, rounds=60)
+    stop = threading.Event()
+    runner = threading.Thread(target=run_projector, args=(test_settings, stop))
+    runner.start()
+    view.wait_for(head(clocked), timeout=10)
+    assert runner.is_alive()
+    stop.set()
+    runner.join(5)
+    assert not runner.is_alive()
+    assert_exact(clocked, view, ids)
+
+
+def test_rebuild_equals_live_and_repairs_tampering(
+    test_settings: Settings, clocked: BatchService, clock: ManualClock, view: RedisSlotView
+) -> None:
+    ids = busy_workload(clocked, clock, batches=30, rounds=800)
+    projector = Projector(test_settings, service=clocked).start()
+    projector.wait_for(head(clocked))
+    projector.stop()
+    live = everything(view)
+    stored = [b for b in ids if clocked.get_batch(b) is not None]
+    view.client.hset(view.batch_keys(stored[0])[0], "assigned", "99")  # a corrupted count
+    view.client.delete(*view.batch_keys(stored[1]))  # a lost batch
+    view.client.hset(view.batch_keys("ghost")[0], mapping={"status": "open", "version": "3"})
+    view.client.zadd(view.index_keys()[0], {"ghost": 1.0, "gone": 2.0})
+    view.client.delete(view._tracking())
+    calls: list[tuple[int, int]] = []
+    summary = rebuild(test_settings, lambda done, total: calls.append((done, total)), page_size=97)
+    assert everything(view) == live
+    assert (summary.events, summary.batches) == (head(clocked), len(stored))
+    assert calls[-1] == (head(clocked), head(clocked)) and len(calls) > 1
+    assert view.client.keys(f"{view.prefix}rebuild:*") == []
+
+
+def consistent(model: ReadModel) -> bool:
+    s = model.summary
+    sizes = len(model.available_slots) == int(s["available"])
+    sizes = sizes and len(model.assignments) == int(s["assigned"])
+    opened = s["status"] == "awaiting_registration" or (
+        int(s["assigned"]) + int(s["available"]) == int(s["expected"])
+    )
+    return sizes and opened
+
+
+def test_readers_never_see_a_missing_partial_or_older_batch_during_rebuild(
+    test_settings: Settings, clocked: BatchService, clock: ManualClock, view: RedisSlotView
+) -> None:
+    ids = busy_workload(clocked, clock, batches=60, rounds=1500)
+    projector = Projector(test_settings, service=clocked).start()
+    projector.wait_for(head(clocked))
+    present = [b for b in ids if view.read_batch(b) is not None]
+    done, problems, reads = threading.Event(), list[str](), [0]
+
+    def reader() -> None:
+        seen: dict[str, int] = {}
+        while not done.is_set():
+            for b in present:
+                model = view.read_batch(b)
+                reads[0] += 1
+                if model is None or not consistent(model) or model.version < seen.get(b, 0):
+                    problems.append(f"{b}: {model}")
+                    return
+                seen[b] = model.version
+
+    def writer() -> None:  # the live projector keeps moving some batches ahead
+        busy_workload(clocked, clock, batches=60, rounds=600, seed=9)
+
+    threads = [threading.Thread(target=reader) for _ in range(3)]
+    threads.append(threading.Thread(target=writer))
+    for t in threads:
+        t.start()
+    try:
+        rebuilds = [rebuild(test_settings, page_size=20) for _ in range(2)]
+    finally:
+        threads[-1].join()
+        done.set()
+        for t in threads:
+            t.join()
+    assert problems == []
+    assert reads[0] > 100 and all(r.events > 0 for r in rebuilds)
+    projector.wait_for(head(clocked), timeout=20)
+    projector.stop()
+    assert_exact(clocked, view, ids)

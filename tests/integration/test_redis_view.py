@@ -1,0 +1,206 @@
+"""The Redis slot view against real Redis and PostgreSQL."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from eventsourcing.persistence import Tracking
+from eventsourcing.tests import persistence as library_tests
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+
+from application.commands import ProvisionContent, RegisterBatch
+from application.service import BatchService
+from infrastructure.bootstrap import Bootstrap
+from infrastructure.projector import Projector
+from infrastructure.redis_view import PositionLost, RedisSlotView
+from infrastructure.settings import Settings
+from projections.slot_view import DEADLINES, PENDING, VersionGap, index_entries_of
+from tests.conftest import ManualClock, drop_redis_prefix, make_settings
+from tests.integration.slot_support import (
+    batch_of,
+    busy_workload,
+    everything,
+    expected_models,
+    head,
+    run_steps,
+    view_models,
+)
+from tests.strategies import PENDING_TTL_SECONDS, TIMEOUT_SECONDS, Step, workloads
+
+
+class TestRedisSlotViewIsATrackingRecorder(library_tests.TrackingRecorderTestCase):
+    def create_recorder(self) -> RedisSlotView:
+        settings = make_settings()
+        self.addCleanup(drop_redis_prefix, settings)
+        view = RedisSlotView.from_settings(settings)
+        self.addCleanup(view.close)
+        return view
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+def clocked(test_settings: Settings, clock: ManualClock) -> Iterator[BatchService]:
+    """A BatchService with the strategies' timeouts and a manual clock."""
+    s = test_settings.model_copy(
+        update={
+            "batch_timeout_seconds": TIMEOUT_SECONDS,
+            "pending_ttl_seconds": PENDING_TTL_SECONDS,
+        }
+    )
+    svc = Bootstrap(s).batch_service(clock=clock)
+    yield svc
+    svc.close()
+
+
+@pytest.fixture
+def view(test_settings: Settings) -> Iterator[RedisSlotView]:
+    v = RedisSlotView.from_settings(test_settings)
+    yield v
+    v.close()
+
+
+def replay(service: BatchService, view: RedisSlotView, after: int | None = None) -> int | None:
+    """Apply every stored event to the view directly, in one pipeline."""
+    notifications = service.recorder.select_notifications(start=1, limit=100_000)
+    events = [
+        (service.mapper.to_domain_event(n), Tracking(service.name, n.id)) for n in notifications
+    ]
+    return view.apply(events, after)
+
+
+@pytest.fixture
+def projector(test_settings: Settings, clocked: BatchService) -> Iterator[Projector]:
+    p = Projector(test_settings, service=clocked).start()
+    yield p
+    p.stop()
+
+
+@hsettings(
+    max_examples=40,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(steps=workloads())
+def test_projected_keys_equal_the_aggregates_read_model(
+    clocked: BatchService, clock: ManualClock, projector: Projector, steps: list[Step]
+) -> None:
+    """One live projector follows every example; each example has its own batches."""
+    suffix = f"-{uuid.uuid4().hex[:8]}"
+    run_steps(clocked, clock, steps, suffix)
+    projector.wait_for(head(clocked), timeout=10)
+    ids = [b + suffix for b in ("b-alpha", "b-beta", "b-gamma")]
+    assert view_models(projector.view, ids) == expected_models(clocked, ids)
+    due = set(projector.view.due_for_timeout(clock.now))
+    for b in ids:
+        batch = clocked.get_batch(b)
+        for index in (DEADLINES, PENDING):
+            entry = None if batch is None else index_entries_of(batch).get(index)
+            score = projector.view.index_members(index).get(b)
+            assert score == (None if entry is None else float(entry)), (b, index)
+        deadline = batch.deadline if batch is not None and batch.status == "open" else None
+        assert (b in due) == (deadline is not None and deadline <= clock.now)
+
+
+def test_redelivered_and_replayed_events_change_nothing(
+    clocked: BatchService, clock: ManualClock, view: RedisSlotView
+) -> None:
+    ids = busy_workload(clocked, clock, batches=12, rounds=300)
+    position = replay(clocked, view)
+    assert position == head(clocked)
+    before = everything(view)
+    assert view_models(view, ids) == expected_models(clocked, ids)
+    assert replay(clocked, view, after=position) == position  # the whole log again
+    assert replay(clocked, view) == position  # and again, as a fresh projector would
+    assert everything(view) == before
+
+
+def test_a_version_gap_is_refused_and_moves_nothing(
+    clocked: BatchService, clock: ManualClock, view: RedisSlotView
+) -> None:
+    busy_workload(clocked, clock, batches=3, rounds=40)
+    notifications = clocked.recorder.select_notifications(start=1, limit=1000)
+    events: list[tuple[Any, Tracking]] = [
+        (clocked.mapper.to_domain_event(n), Tracking(clocked.name, n.id)) for n in notifications
+    ]
+    first = events[0][0].batch_id
+    later = next(i for i, (e, _) in enumerate(events) if e.batch_id == first and i > 0)
+    view.apply(events[:1], None)
+    with pytest.raises(VersionGap):  # the first event's successor is skipped
+        view.apply([events[0], *events[later + 1 :]], events[0][1].notification_id)
+    assert view.position() == events[0][1].notification_id
+    assert view.read_batch(first) is not None and view.read_batch(first).version == 1  # type: ignore[union-attr]
+
+
+def test_a_lost_position_is_noticed_on_the_next_write(
+    clocked: BatchService, clock: ManualClock, view: RedisSlotView
+) -> None:
+    busy_workload(clocked, clock, batches=3, rounds=40)
+    position = replay(clocked, view)
+    drop_redis_prefix_of(view)
+    clocked.execute([RegisterBatch(batch_id="late", correlation_id="c", essay_ids=["e1"])])
+    last = clocked.recorder.select_notifications(start=head(clocked), limit=1)
+    event = (clocked.mapper.to_domain_event(last[0]), Tracking(clocked.name, last[0].id))
+    with pytest.raises(PositionLost):
+        view.apply([event], position)
+    assert everything(view) == {}
+
+
+def drop_redis_prefix_of(view: RedisSlotView) -> None:
+    keys = list(view.client.scan_iter(match=f"{view.prefix}*"))
+    view.client.delete(*keys)
+
+
+def test_deadline_and_pending_indexes_drive_the_sweep(
+    clocked: BatchService, clock: ManualClock, view: RedisSlotView
+) -> None:
+    t0 = clock.now
+    clocked.execute(
+        [
+            RegisterBatch(batch_id="open", correlation_id="c", essay_ids=["e1", "e2"]),
+            ProvisionContent(
+                batch_id="early",
+                correlation_id="c",
+                text_storage_id="t1",
+                file_upload_id="f1",
+                original_file_name="a",
+            ),
+        ]
+    )
+    replay(clocked, view)
+    deadline = t0 + timedelta(seconds=TIMEOUT_SECONDS)
+    assert view.due_for_timeout(deadline - timedelta(seconds=1)) == []
+    assert view.due_for_timeout(deadline) == ["open"]
+    assert (
+        view.due_for_expiry(t0 + timedelta(seconds=PENDING_TTL_SECONDS - 1), PENDING_TTL_SECONDS)
+        == []
+    )
+    assert view.due_for_expiry(
+        t0 + timedelta(seconds=PENDING_TTL_SECONDS), PENDING_TTL_SECONDS
+    ) == ["early"]
+    clocked.execute([RegisterBatch(batch_id="early", correlation_id="c", essay_ids=["e1", "e2"])])
+    replay(clocked, view)
+    assert view.due_for_expiry(t0 + timedelta(days=9), PENDING_TTL_SECONDS) == []
+    assert sorted(view.due_for_timeout(deadline)) == ["early", "open"]
+    assert batch_of(clocked, "early").status == "open"
+
+
+def test_batch_ids_lists_exactly_this_prefixes_batches(
+    clocked: BatchService, clock: ManualClock, view: RedisSlotView
+) -> None:
+    ids = busy_workload(clocked, clock, batches=30, rounds=200)
+    replay(clocked, view)
+    other = RedisSlotView(view.client, view.prefix + "other:")
+    other.client.hset("{}batch:{{x}}:summary".format(view.prefix + "other:"), "version", "1")
+    shadow = view.shadow("tok")
+    shadow.client.hset(shadow.batch_keys("ghost")[0], "version", "1")
+    stored = {b for b in ids if clocked.get_batch(b) is not None}
+    assert set(view.batch_ids()) == stored
+    assert set(other.batch_ids()) == {"x"}
