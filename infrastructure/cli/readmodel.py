@@ -1,0 +1,199 @@
+"""batchctl rebuild / verify: the Redis read model against the event store."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import closing
+from dataclasses import dataclass, field
+from itertools import islice
+from typing import Annotated, Any
+
+import typer
+from eventsourcing.domain import OriginatorIDError, OriginatorVersionError
+
+from domain import Batch
+from infrastructure.cli.common import (
+    JSON_HELP,
+    batch_service,
+    err,
+    out,
+    print_json,
+    progress_bar,
+    progress_wanted,
+    settings,
+)
+from infrastructure.cli.compare import Difference, compare
+from infrastructure.cli.events import fold
+from infrastructure.cli.eventstore import EventStoreReader
+from infrastructure.projector import rebuild as rebuild_read_model
+from infrastructure.redis_view import RedisSlotView
+from infrastructure.settings import Settings
+from projections.slot_view import read_model_of
+
+JsonOpt = Annotated[bool, typer.Option("--json", help=JSON_HELP)]
+
+
+def rebuild(json_output: JsonOpt = False) -> None:
+    """Drop the Redis read model and rebuild it from the event store.
+
+    Safe at any time: the read model is derived data. Prints the events and
+    batches replayed and the time taken.
+
+    Examples:
+
+        batchctl rebuild && batchctl verify
+
+        batchctl rebuild --json
+    """
+    s = settings()
+    with progress_bar("rebuilding", progress_wanted(json_output)) as progress:
+        summary = rebuild_read_model(s, progress)
+    result = {
+        "events": summary.events,
+        "batches": summary.batches,
+        "seconds": round(summary.seconds, 3),
+    }
+    if json_output:
+        print_json(result)
+        return
+    out().print(
+        f"Rebuilt the read model from the event store: {summary.events} events, "
+        f"{summary.batches} batches in {summary.seconds:.2f} s."
+    )
+
+
+@dataclass
+class Findings:
+    """What verify found; the differences are kept only for --json."""
+
+    keep: bool
+    batches: int = 0
+    events: int = 0
+    count: int = 0
+    batches_differing: int = 0
+    read_model_only: int = 0
+    differences: list[Difference] = field(default_factory=list)
+
+    def add(self, found: list[Difference], echo: Callable[[Difference], None]) -> None:
+        if not found:
+            return
+        self.count += len(found)
+        self.batches_differing += 1
+        if self.keep:
+            self.differences.extend(found)
+        for diff in found:
+            echo(diff)
+
+
+def verify(json_output: JsonOpt = False) -> None:
+    """Fold every batch's stream and compare it key by key with the read model.
+
+    Also reports read-model batches the event store does not know. Prints each
+    difference; exit 1 when there is any, 0 when everything agrees. Run it
+    when the projector has caught up (the output shows both positions).
+
+    Examples:
+
+        batchctl verify || batchctl rebuild
+
+        batchctl verify --json | jq '.differences[]'
+    """
+    s = settings()
+    started = time.monotonic()
+    console = out()
+    found = Findings(keep=json_output)
+
+    def echo(diff: Difference) -> None:
+        if not json_output:
+            console.print(diff.describe(), markup=False)
+
+    with progress_bar("verifying", progress_wanted(json_output)) as progress:
+        store_position, view_position = _scan(s, found, echo, progress)
+    seconds = time.monotonic() - started
+    behind = view_position is not None and view_position < store_position
+    if json_output:
+        print_json(_verify_json(found, store_position, view_position, seconds))
+    else:
+        _verify_summary(found, seconds)
+        if behind:
+            err().print(
+                f"note: the read model is at position {view_position}, the store at "
+                f"{store_position}; differences may be projector lag",
+                markup=False,
+            )
+    if found.count:
+        raise typer.Exit(1)
+
+
+def _scan(
+    s: Settings,
+    found: Findings,
+    echo: Callable[[Difference], None],
+    progress: Callable[[int, int], None],
+) -> tuple[int, int | None]:
+    """Compare every stream, then look for read-model-only batches; return both positions."""
+    with (
+        closing(RedisSlotView.from_settings(s)) as view,
+        batch_service(s) as service,
+        EventStoreReader(service, s) as reader,
+    ):
+        total = reader.count_events()
+        positions = reader.max_position(), view.position()
+        for stream in reader.streams():
+            found.batches += 1
+            found.events += len(stream)
+            events = [service.mapper.to_domain_event(e) for e in stream]
+            batch_id = str(vars(events[0]).get("batch_id", stream[0].originator_id))
+            try:
+                batch = fold(events)
+            except (OriginatorVersionError, OriginatorIDError) as e:
+                broken = f"broken stream: {type(e).__name__} {e}"
+                found.add([Difference(batch_id, "stream", broken, None)], echo)
+                continue
+            found.add(compare(batch_id, _model(batch), view.read_batch(batch_id)), echo)
+            progress(found.events, total)
+        for chunk in _chunks(view.batch_ids(), 500):
+            known = reader.known_streams([Batch.create_id(b) for b in chunk])
+            for batch_id in chunk:
+                if Batch.create_id(batch_id) not in known:
+                    found.read_model_only += 1
+                    found.add([Difference(batch_id, "batch", None, "present")], echo)
+    return positions
+
+
+def _model(batch: Batch | None) -> Any:
+    return read_model_of(batch) if batch is not None else None
+
+
+def _verify_json(
+    found: Findings, store_position: int, view_position: int | None, seconds: float
+) -> dict[str, Any]:
+    return {
+        "agrees": not found.count,
+        "batches": found.batches,
+        "events": found.events,
+        "batches_differing": found.batches_differing,
+        "read_model_only": found.read_model_only,
+        "store_position": store_position,
+        "read_model_position": view_position,
+        "seconds": round(seconds, 3),
+        "differences": [d.as_json() for d in found.differences],
+    }
+
+
+def _verify_summary(found: Findings, seconds: float) -> None:
+    checked = f"{found.batches} batches ({found.events} events) in {seconds:.2f} s"
+    if not found.count:
+        out().print(f"[green]The read model agrees with the event store:[/green] {checked}.")
+        return
+    out().print(
+        f"[red]{found.count} differences in {found.batches_differing} batches[/red] "
+        f"({found.read_model_only} only in the read model); checked {checked}."
+    )
+
+
+def _chunks(items: Iterable[str], size: int) -> Iterator[list[str]]:
+    it = iter(items)
+    while chunk := list(islice(it, size)):
+        yield chunk
