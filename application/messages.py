@@ -51,7 +51,9 @@ class InvalidMessage(ValueError):
 
 
 class Envelope(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: schema_version must be a JSON integer (not true, "1" or 1.0) and
+    # event_timestamp an RFC 3339 string (not a Unix number).
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
     event_id: UUID
     event_type: str = Field(max_length=128)
     event_timestamp: AwareDatetime
@@ -106,7 +108,7 @@ def _first_error(e: ValidationError) -> str:
 
 
 def parse_envelope(value: bytes | None) -> Envelope:
-    if value is None:
+    if not value:  # a tombstone (None) or an empty value (b"")
         raise InvalidMessage("EMPTY_MESSAGE", "message has no value")
     if len(value) > MAX_MESSAGE_BYTES:
         raise InvalidMessage("MESSAGE_TOO_LARGE", f"{len(value)} bytes > {MAX_MESSAGE_BYTES}")
