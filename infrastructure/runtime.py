@@ -12,9 +12,9 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from application.service import BatchService
 from infrastructure import metrics
@@ -29,6 +29,7 @@ from infrastructure.sweep import run_sweep
 from infrastructure.worker import Worker
 
 log = logging.getLogger("batchslot.runtime")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -67,8 +68,15 @@ async def serve(settings: Settings, parts: Parts, stop: asyncio.Event | None = N
             loop.add_signal_handler(sig, stop.set)
     metrics.serve(settings.metrics_port)
     if parts.needs_kafka:
-        await ensure_topics(settings)
-    service = Bootstrap(settings).batch_service(on_conflict=metrics.CONFLICTS.inc)
+        await _when_available("Kafka", lambda: ensure_topics(settings), stop, settings)
+    service = await _when_available(
+        "PostgreSQL",
+        lambda: asyncio.to_thread(
+            Bootstrap(settings).batch_service, on_conflict=metrics.CONFLICTS.inc
+        ),
+        stop,
+        settings,
+    )
     projector = Projector(settings) if parts.projector else None
     outbox = Outbox(settings, service) if parts.outbox else None
     jobs: list[Coroutine[Any, Any, None]] = [_report_lag(service, settings, outbox, stop)]
@@ -96,6 +104,26 @@ async def serve(settings: Settings, parts: Parts, stop: asyncio.Event | None = N
             await asyncio.to_thread(projector.stop)
         service.close()
         log.info("service stopped")
+
+
+async def _when_available(
+    name: str,
+    attempt: Callable[[], Awaitable[T]],
+    stop: asyncio.Event,
+    settings: Settings,
+) -> T:
+    """Start-up: retry a dependency that is restarting (bounded), then give up loudly."""
+    loop = asyncio.get_running_loop()
+    deadline, delay = loop.time() + settings.startup_timeout_seconds, 0.5
+    while True:
+        try:
+            return await attempt()
+        except Exception as e:
+            if stop.is_set() or loop.time() + delay > deadline:
+                raise
+            log.warning(f"{name} not available yet; retrying", extra={"error": repr(e)[:200]})
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 async def _watch_projector(projector: Projector, stop: asyncio.Event) -> None:

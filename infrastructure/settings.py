@@ -63,6 +63,7 @@ class Settings(BaseModel):
     batch_timeout_seconds: int = Field(default=86400, ge=1)
     pending_ttl_seconds: int = Field(default=86400, ge=1)
     sweep_interval_seconds: float = Field(default=30.0, gt=0)
+    startup_timeout_seconds: float = Field(default=60.0, ge=0)
     aggregate_cache_size: int = Field(default=10000, ge=0)
     source_service: str = "batch-slot-service"
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
@@ -120,6 +121,7 @@ _ENV: dict[str, str] = {
     "BATCH_TIMEOUT_SECONDS": "batch_timeout_seconds",
     "PENDING_TTL_SECONDS": "pending_ttl_seconds",
     "SWEEP_INTERVAL_SECONDS": "sweep_interval_seconds",
+    "STARTUP_TIMEOUT_SECONDS": "startup_timeout_seconds",
     "AGGREGATE_CACHE_SIZE": "aggregate_cache_size",
     "SOURCE_SERVICE": "source_service",
     "METRICS_PORT": "metrics_port",

@@ -193,6 +193,7 @@ def test_unreachable_or_refusing_dependencies_fail_with_a_redacted_line(
         "KAFKA_SASL_MECHANISM": "PLAIN",
         "KAFKA_SASL_USERNAME": "svc",
         "KAFKA_SASL_PASSWORD": SASL_PASSWORD,
+        "STARTUP_TIMEOUT_SECONDS": "2",
     }
     result = batchctl(kafka_down, "worker", timeout=120)
     assert result.returncode != 0
