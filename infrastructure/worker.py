@@ -113,6 +113,27 @@ class Worker:
         return PollOutcome(len(commands), len(dead))
 
     async def _execute(self, commands: list[Any], stop: asyncio.Event) -> list[Result]:
+        try:
+            return await self._execute_retrying(commands, stop)
+        except TRANSIENT:
+            raise
+        except Exception:
+            # Not transient: a poison message (or a bug) must not stall the
+            # partition forever. Decide one by one to find it; it alone is
+            # dead-lettered (kept for a replay after a fix), the rest proceed.
+            log.exception("poll failed; isolating the failing command")
+            return [await self._execute_isolated(c, stop) for c in commands]
+
+    async def _execute_isolated(self, command: Any, stop: asyncio.Event) -> Result:
+        try:
+            return (await self._execute_retrying([command], stop))[0]
+        except TRANSIENT:
+            raise
+        except Exception as e:
+            log.exception("command failed", extra={"correlation_id": command.correlation_id})
+            return Result(command, "rejected", reason="PROCESSING_ERROR", detail=repr(e)[:300])
+
+    async def _execute_retrying(self, commands: list[Any], stop: asyncio.Event) -> list[Result]:
         delay = 0.1
         while True:
             try:

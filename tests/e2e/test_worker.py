@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from typing import Any
 
 from application.service import BatchService
 from domain import Batch
@@ -153,3 +154,38 @@ def test_two_workers_in_one_group_split_the_load_and_lose_nothing(e2e_settings: 
     assert handled["a"] + handled["b"] >= len(messages)
     service_a.close()
     service_b.close()
+
+
+class _PoisonedService(BatchService):
+    """A service with a bug that only one batch's commands trigger."""
+
+    def _apply(self, batch, command, now):  # type: ignore[no-untyped-def]
+        if command.batch_id == "poison":
+            raise RuntimeError("bug triggered by this message")
+        super()._apply(batch, command, now)
+
+
+def test_a_poison_message_is_dead_lettered_and_the_rest_proceed(e2e_settings: Settings) -> None:
+    from infrastructure.postgres import ensure_database, event_store_env
+
+    ensure_database(e2e_settings)
+    service = _PoisonedService(env=event_store_env(e2e_settings))
+    messages = [
+        registration("fine", ["e1"]),
+        content("poison", "t1", "f1"),
+        content("fine", "t2", "f2"),
+    ]
+
+    async def scenario() -> list[Any]:
+        async with running(Worker(e2e_settings, service).run):
+            await produce(e2e_settings, messages)
+            await eventually(
+                lambda: (b := service.get_batch("fine")) is not None and b.status == "completed"
+            )
+        return await consume(e2e_settings, e2e_settings.topics.dlq, lambda r: len(r) >= 1)
+
+    dlq = asyncio.run(scenario())
+    assert [dict(r.headers)["dlq.reason"] for r in dlq] == [b"PROCESSING_ERROR"]
+    assert dlq[0].value == messages[1].value
+    assert service.get_batch("poison") is None
+    service.close()
