@@ -4,20 +4,38 @@ A writer that loses the race gets a version conflict from the event store and
 retries on fresh state (bounded, with full jitter). A command that changes
 nothing writes nothing. Several commands for one batch are decided against one
 loaded aggregate and stored in one append.
+
+Speed (docs/benchmarks.md): ``execute`` decides every batch of a poll, then
+stores all their new events in ONE transaction (one commit, one fsync, for
+the poll); each batch is still appended at its expected version, so a version
+conflict on any of them rolls the whole transaction back, and the poll falls
+back to one append per batch on fresh state, with the usual retries.
+
+Aggregates are kept between commands in a bounded in-process cache of the
+exact objects last saved (no copy, no fast-forward query): staleness is caught
+by the optimistic version check, and an entry is dropped whenever a decision
+on it is not stored (conflict, any failed save, any error). A no-op decided on
+a stale entry is still right, because what makes a content, failure or
+registration command a no-op never becomes untrue; the sweep's commands
+(timeout, expiry), whose no-ops depend on status, always load fresh state.
+Closed batches move to a small cache of their own, so memory follows the open
+batches, not the history.
 """
 
 from __future__ import annotations
 
 import random
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 from uuid import UUID
 
-from eventsourcing.application import AggregateNotFoundError, Application
-from eventsourcing.persistence import RecordConflictError
+from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
+from eventsourcing.persistence import RecordConflictError, Recording
 from eventsourcing.utils import EnvType
 
 from application.commands import (
@@ -68,6 +86,8 @@ class BatchService(Application[UUID]):
         backoff_seconds: float = 0.002,
         backoff_cap_seconds: float = 0.1,
         on_conflict: Callable[[], None] | None = None,
+        cache_size: int = 10000,
+        closed_cache_size: int | None = None,
     ) -> None:
         super().__init__(env)
         self.clock = clock
@@ -78,6 +98,10 @@ class BatchService(Application[UUID]):
         self.backoff_cap_seconds = backoff_cap_seconds
         self.on_conflict = on_conflict
         self._rng = random.Random()
+        self._open = _LRU(cache_size)
+        self._closed = _LRU(
+            max(1, cache_size // 10) if closed_cache_size is None else closed_cache_size
+        )
 
     # ------------------------------------------------------------- commands
 
@@ -97,14 +121,46 @@ class BatchService(Application[UUID]):
         return self.execute([command])[0]
 
     def execute(self, commands: Sequence[AnyCommand]) -> list[Result]:
-        """Decide every command; one load and at most one append per batch."""
+        """Decide every command; one load per batch, one transaction for the poll."""
         groups: dict[str, list[int]] = {}
         for index, command in enumerate(commands):
             groups.setdefault(command.batch_id, []).append(index)
         results: list[Result | None] = [None] * len(commands)
+        decided: dict[str, tuple[Batch, list[Result]]] = {}
+        try:
+            for batch_id, indexes in groups.items():
+                group = [commands[i] for i in indexes]
+                batch = self._checkout(batch_id, group)
+                now = self.clock()
+                decided[batch_id] = (batch, [self._decide(batch, c, now) for c in group])
+        except BaseException:
+            # A decision failed half way: nothing was stored, forget what was decided.
+            decided.clear()
+            raise
+        changed = [b for b, rs in decided.values() if any(r.events for r in rs)]
+        positions: dict[UUID, int] = {}
+        retry: set[str] = set()
+        if changed:
+            try:
+                positions = _positions(self.save(*changed))
+            except RecordConflictError:
+                if self.on_conflict is not None:
+                    self.on_conflict()
+                retry = {b.batch_id for b in changed}
+            except BaseException:
+                for batch, rs in decided.values():
+                    if not any(r.events for r in rs):
+                        self._checkin(batch)
+                raise
         for batch_id, indexes in groups.items():
-            group = [commands[i] for i in indexes]
-            for index, result in zip(indexes, self._execute_group(batch_id, group), strict=True):
+            batch, rs = decided[batch_id]
+            if batch_id in retry:
+                rs = self._execute_group(batch_id, [commands[i] for i in indexes])
+            else:
+                self._checkin(batch)
+                position = positions.get(batch.id)
+                rs = [_with_position(r, position) for r in rs]
+            for index, result in zip(indexes, rs, strict=True):
                 results[index] = result
         return [r for r in results if r is not None]
 
@@ -120,11 +176,13 @@ class BatchService(Application[UUID]):
     # -------------------------------------------------------------- internals
 
     def _execute_group(self, batch_id: str, commands: list[AnyCommand]) -> list[Result]:
+        """One batch on its own (after a conflict in a shared append): load, decide, append."""
         for attempt in range(self.max_attempts):
+            batch = self._checkout(batch_id, commands, fresh=True)
             now = self.clock()
-            batch = self.get_batch(batch_id) or Batch.start(batch_id, now)
             decided = [self._decide(batch, command, now) for command in commands]
             if not any(r.events for r in decided):
+                self._checkin(batch)
                 return decided
             try:
                 recordings = self.save(batch)
@@ -134,11 +192,48 @@ class BatchService(Application[UUID]):
                 delay = min(self.backoff_cap_seconds, self.backoff_seconds * 2**attempt)
                 time.sleep(self._rng.uniform(0, delay))
                 continue
+            self._checkin(batch)
             position = max((r.notification.id for r in recordings), default=None)
             return [_with_position(r, position) for r in decided]
         raise ConcurrencyExhausted(
             f"batch {batch_id!r}: {self.max_attempts} version conflicts in a row"
         )
+
+    def _take_snapshots(self, processing_event: ProcessingEvent[UUID]) -> None:
+        """Snapshot a batch whose append crossed a multiple of the interval.
+
+        The library re-reads the aggregate from the store to snapshot it (a cost
+        that grows with the slots); the batch just saved is exactly what is
+        stored, so it is snapshotted as it is, at its new version.
+        """
+        if self.snapshots is None:
+            return
+        interval = self.snapshotting_intervals[Batch]
+        crossed = {
+            e.originator_id for e in processing_event.events if e.originator_version % interval == 0
+        }
+        snapshots = [
+            Batch.Snapshot.take(aggregate)
+            for aggregate_id, aggregate in processing_event.aggregates.items()
+            if aggregate_id in crossed and isinstance(aggregate, Batch)
+        ]
+        if snapshots:
+            self.snapshots.put(snapshots)
+
+    def _checkout(
+        self, batch_id: str, commands: Sequence[AnyCommand], fresh: bool = False
+    ) -> Batch:
+        """The batch to decide on, taken OUT of the cache (another thread cannot share it)."""
+        cached = self._open.pop(batch_id) or self._closed.pop(batch_id)
+        if cached is not None and not fresh and not any(isinstance(c, _FRESH) for c in commands):
+            return cached
+        return self.get_batch(batch_id) or Batch.start(batch_id, self.clock())
+
+    def _checkin(self, batch: Batch) -> None:
+        """Keep a batch whose state is exactly what is stored (saved, or unchanged)."""
+        if batch.version == 0:
+            return
+        (self._closed if batch.is_closed else self._open).put(batch.batch_id, batch)
 
     def _decide(self, batch: Batch, command: AnyCommand, now: datetime) -> Result:
         before = batch.version
@@ -170,6 +265,43 @@ class BatchService(Application[UUID]):
                 batch.time_out(now, cid)
             case ExpirePending():
                 batch.expire_pending(now, self.pending_ttl_seconds, cid)
+
+
+_FRESH = (TimeOutBatch, ExpirePending)
+
+
+class _LRU:
+    """A bounded least-recently-used map; thread-safe for single operations."""
+
+    def __init__(self, maxsize: int) -> None:
+        self.maxsize = maxsize
+        self._items: OrderedDict[str, Batch] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def pop(self, key: str) -> Batch | None:
+        with self._lock:
+            return self._items.pop(key, None)
+
+    def put(self, key: str, value: Batch) -> None:
+        if self.maxsize <= 0:
+            return
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.maxsize:
+                self._items.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+def _positions(recordings: Sequence[Recording[UUID]]) -> dict[UUID, int]:
+    """The highest notification id written for each aggregate."""
+    out: dict[UUID, int] = {}
+    for r in recordings:
+        key = r.domain_event.originator_id
+        out[key] = max(out.get(key, 0), r.notification.id)
+    return out
 
 
 def _with_position(result: Result, position: int | None) -> Result:

@@ -249,8 +249,10 @@ class Batch(Aggregate):
         now: datetime,
         correlation_id: str,
     ) -> None:
-        free = self.available_slots
-        if self.is_closed or not free:
+        # Slots fill in registration order: the first free one is at index len(assigned).
+        # O(1) per command (the available_slots tuple would be O(slots)).
+        filled = len(self._assigned)
+        if self.is_closed or filled >= len(self._essay_ids):
             self._excess_provisioned(
                 batch_id=self._batch_id,
                 text_storage_id=text_storage_id,
@@ -263,7 +265,7 @@ class Batch(Aggregate):
             return
         self._slot_assigned(
             batch_id=self._batch_id,
-            essay_id=free[0],
+            essay_id=self._essay_ids[filled],
             text_storage_id=text_storage_id,
             file_upload_id=file_upload_id,
             original_file_name=original_file_name,

@@ -30,5 +30,5 @@ class Bootstrap:
             clock=clock,
             timeout_seconds=self.settings.batch_timeout_seconds,
             pending_ttl_seconds=self.settings.pending_ttl_seconds,
-            **kwargs,
+            **{"cache_size": self.settings.aggregate_cache_size, **kwargs},
         )

@@ -169,3 +169,72 @@ def _interleave(rng: random.Random, messages: list[Message]) -> None:
         messages.append(q.pop(0))
         if not q:
             queues.remove(q)
+
+
+def generate_load(
+    run_tag: str,
+    batches: int,
+    slots: int,
+    *,
+    early_share: float = 0.2,
+    duplicate_share: float = 0.1,
+    failure_share: float = 0.04,
+    excess_share: float = 0.1,
+    in_flight: int = 50,
+    seed: int = 11,
+) -> Scenario:
+    """Benchmark traffic: ``batches`` batches of ``slots`` slots, every one completing.
+
+    Per batch: ``round(failure_share * slots)`` validation failures, the rest
+    content; a share ``excess_share`` of the batches gets 1 to 3 contents too
+    many; a share ``duplicate_share`` of the files is delivered twice; each
+    file arrives before the registration with probability ``early_share``.
+    At most ``in_flight`` batches are interleaved at a time (uploads of one
+    batch arrive close together), keeping each batch's own order.
+    """
+    rng = random.Random(seed)
+    scenario = Scenario()
+    streams: list[list[Message]] = []
+    for n in range(batches):
+        batch_id = f"{run_tag}-b{n:06d}"
+        failures = min(slots - 1, round(failure_share * slots))
+        extra = rng.randint(1, 3) if rng.random() < excess_share else 0
+        contents = slots - failures + extra
+        files = [content(batch_id, f"{batch_id}-t{i}", f"{batch_id}-f{i}") for i in range(contents)]
+        files += [failure(batch_id, f"{batch_id}-x{i}") for i in range(failures)]
+        files += [rng.choice(files) for _ in range(int(len(files) * duplicate_share))]
+        rng.shuffle(files)
+        early = [f for f in files if rng.random() < early_share]
+        early_ids = {id(f) for f in early}
+        late = [f for f in files if id(f) not in early_ids]
+        essays = [f"{batch_id}-e{i}" for i in range(slots)]
+        streams.append([*early, registration(batch_id, essays), *late])
+        scenario.expected[batch_id] = Expectation(
+            batch_id,
+            "excess" if extra else "normal",
+            slots,
+            assigned=slots - failures,
+            failed=failures,
+            excess=extra,
+            outcome="complete",
+        )
+    waiting = iter(streams)
+    active: list[list[Message]] = []
+    cursor: list[int] = []
+    while True:
+        while len(active) < in_flight:
+            nxt = next(waiting, None)
+            if nxt is None:
+                break
+            active.append(nxt)
+            cursor.append(0)
+        if not active:
+            break
+        i = rng.randrange(len(active))
+        scenario.messages.append(active[i][cursor[i]])
+        cursor[i] += 1
+        if cursor[i] == len(active[i]):
+            active[i], cursor[i] = active[-1], cursor[-1]
+            active.pop()
+            cursor.pop()
+    return scenario

@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn
@@ -75,12 +76,14 @@ async def feed(settings: Settings, scenario: Scenario) -> None:
         await producer.stop()
 
 
-async def completions(settings: Settings, batch_ids: set[str], deadline: float) -> dict[str, dict]:
+async def completions(
+    settings: Settings, batch_ids: set[str], deadline: float
+) -> dict[str, dict[str, Any]]:
     """Read batch.events.v1 from the beginning; collect BatchCompleted of this run."""
     consumer = make_consumer(settings, settings.topics.events, group_id=None)
     await consumer.start()
     seen: set[str] = set()
-    done: dict[str, dict] = {}
+    done: dict[str, dict[str, Any]] = {}
     view = RedisSlotView.from_settings(settings)
     try:
         with Progress(
@@ -124,7 +127,7 @@ async def dead_letters(settings: Settings, run_tag: str) -> dict[str, int]:
     return reasons
 
 
-def report(settings: Settings, scenario: Scenario, done: dict[str, dict]) -> bool:
+def report(settings: Settings, scenario: Scenario, done: dict[str, dict[str, Any]]) -> bool:
     view = RedisSlotView.from_settings(settings)
     table = Table(title="Per-batch outcomes (Redis read model | batch.events.v1)")
     for col in (
