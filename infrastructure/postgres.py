@@ -16,6 +16,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import psycopg
 from psycopg import sql
 
+from infrastructure.pg_recorder import recorder_topic
 from infrastructure.settings import Settings
 
 # libpq reads these from the environment; DATABASE_URL's query string sets them.
@@ -70,6 +71,8 @@ def event_store_env(settings: Settings) -> dict[str, str]:
         # fails the statement instead, and every caller retries transient failures.
         "POSTGRES_PRE_PING": "n",
         "CREATE_TABLE": "y",
+        # Appends without psycopg's pipeline mode (see infrastructure/pg_recorder.py).
+        "APPLICATION_RECORDER_TOPIC": recorder_topic(),
         # No library aggregate cache: BatchService keeps its own (AGGREGATE_CACHE_SIZE),
         # which neither deep-copies nor fast-forwards on every load (docs/benchmarks.md).
     }
