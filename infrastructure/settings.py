@@ -35,6 +35,15 @@ class Topics(BaseModel):
         return (self.registered, self.provisioned, self.failed)
 
     @property
+    def by_kind(self) -> dict[str, str]:
+        """Inbound topic by message kind (registered, provisioned, failed)."""
+        return {
+            "registered": self.registered,
+            "provisioned": self.provisioned,
+            "failed": self.failed,
+        }
+
+    @property
     def all(self) -> tuple[str, ...]:
         return (*self.inbound, self.events, self.dlq)
 

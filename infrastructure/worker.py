@@ -55,11 +55,9 @@ class Worker:
         self.settings = settings
         self.service = service
         self.max_records = max_records
-        t = settings.topics
         self.kind_of: dict[str, TopicKind] = {
-            t.registered: "registered",
-            t.provisioned: "provisioned",
-            t.failed: "failed",
+            topic: kind  # type: ignore[misc]
+            for kind, topic in settings.topics.by_kind.items()
         }
         self._lock = asyncio.Lock()
 

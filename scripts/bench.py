@@ -396,11 +396,7 @@ class E2EProbe:
 async def produce(
     settings: Settings, probe: E2EProbe, scenario: Scenario, rate: float | None
 ) -> float:
-    topic = {
-        "registered": settings.topics.registered,
-        "provisioned": settings.topics.provisioned,
-        "failed": settings.topics.failed,
-    }
+    topic = settings.topics.by_kind
     cids = [json.loads(m.value)["correlation_id"] for m in scenario.messages]
     producer = make_producer(settings)
     await producer.start()

@@ -394,11 +394,7 @@ class EventsTap:
 
 async def produce(settings: Settings, messages: list[Message], seconds: float) -> int:
     """Send ``messages`` spread over ``seconds``; return how many were acknowledged."""
-    topic = {
-        "registered": settings.topics.registered,
-        "provisioned": settings.topics.provisioned,
-        "failed": settings.topics.failed,
-    }
+    topic = settings.topics.by_kind
     producer = make_producer(settings)
     await producer.start()
     try:

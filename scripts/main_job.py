@@ -53,11 +53,7 @@ def parse_args() -> argparse.Namespace:
 
 
 async def feed(settings: Settings, scenario: Scenario) -> None:
-    topic = {
-        "registered": settings.topics.registered,
-        "provisioned": settings.topics.provisioned,
-        "failed": settings.topics.failed,
-    }
+    topic = settings.topics.by_kind
     producer = make_producer(settings)
     await producer.start()
     try:

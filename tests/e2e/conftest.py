@@ -41,10 +41,7 @@ def e2e_settings(broker: LocalBroker) -> Iterator[Settings]:
 
 
 def topic_of(settings: Settings, message: Message) -> str:
-    t = settings.topics
-    return {"registered": t.registered, "provisioned": t.provisioned, "failed": t.failed}[
-        message.kind
-    ]
+    return settings.topics.by_kind[message.kind]
 
 
 async def produce(settings: Settings, messages: Iterable[Message]) -> None:
