@@ -3,7 +3,8 @@
 The ``eventsourcing`` library owns the events table (``batchservice_events``),
 its notification sequence and the snapshots table. This module turns
 ``DATABASE_URL`` into the library's settings, makes sure the database and
-schema exist, and answers the read-only questions the CLI asks.
+schema exist, and gives direct connections to those that need one (the
+CLI's queries are in ``infrastructure/cli/eventstore.py``).
 """
 
 from __future__ import annotations

@@ -77,16 +77,17 @@ async def serve(settings: Settings, parts: Parts, stop: asyncio.Event | None = N
         stop,
         settings,
     )
-    projector = Projector(settings) if parts.projector else None
+    # One service (one connection pool) and one Redis client for every part.
+    view = RedisSlotView.from_settings(settings)
+    projector = Projector(settings, service=service, view=view) if parts.projector else None
     outbox = Outbox(settings, service) if parts.outbox else None
-    jobs: list[Coroutine[Any, Any, None]] = [_report_lag(service, settings, outbox, stop)]
+    jobs: list[Coroutine[Any, Any, None]] = [_report_lag(service, view, outbox, stop)]
     if outbox is not None:
         jobs.append(outbox.run(stop))
     if parts.worker:
         jobs.append(Worker(settings, service).run(stop))
     if parts.sweep:
-        index = RedisSlotView.from_settings(settings)
-        jobs.append(run_sweep(service, index, settings.sweep_interval_seconds, stop))
+        jobs.append(run_sweep(service, view, settings.sweep_interval_seconds, stop))
     if projector is not None:
         projector.start()
         jobs.append(_watch_projector(projector, stop))
@@ -102,6 +103,7 @@ async def serve(settings: Settings, parts: Parts, stop: asyncio.Event | None = N
         await asyncio.gather(*tasks, return_exceptions=True)
         if projector is not None:
             await asyncio.to_thread(projector.stop)
+        view.close()
         service.close()
         log.info("service stopped")
 
@@ -137,10 +139,9 @@ async def _watch_projector(projector: Projector, stop: asyncio.Event) -> None:
 
 
 async def _report_lag(
-    service: BatchService, settings: Settings, outbox: Outbox | None, stop: asyncio.Event
+    service: BatchService, view: RedisSlotView, outbox: Outbox | None, stop: asyncio.Event
 ) -> None:
     """Keep the lag gauges fresh (projection lag from Redis, outbox lag from PostgreSQL)."""
-    view = RedisSlotView.from_settings(settings)
     while not stop.is_set():
         try:
             head = await asyncio.to_thread(service.recorder.max_notification_id) or 0
@@ -153,4 +154,3 @@ async def _report_lag(
             log.debug("lag probe failed", extra={"error": repr(e)[:200]})
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=2.0)
-    view.close()

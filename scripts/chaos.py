@@ -268,14 +268,19 @@ def postgres_up(settings: Settings) -> bool:
         return conn.execute("SELECT 1").fetchone() is not None
 
 
-def restart_postgres(settings: Settings) -> None:
+def pg_ctlcluster(action: str, check: bool) -> None:
+    """Start or restart the machine's PostgreSQL cluster."""
     version = sorted(os.listdir("/etc/postgresql"))[-1]
     subprocess.run(
-        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"],
-        check=True,
+        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", action],
+        check=check,
         capture_output=True,
         timeout=120,
     )
+
+
+def restart_postgres(settings: Settings) -> None:
+    pg_ctlcluster("restart", check=True)
     wait_for(lambda: postgres_up(settings), 90, "PostgreSQL")
 
 
@@ -313,13 +318,7 @@ def ensure_servers_running(settings: Settings) -> None:
     try:
         wait_for(lambda: postgres_up(settings), 5, "PostgreSQL")
     except TimeoutError:
-        version = sorted(os.listdir("/etc/postgresql"))[-1]
-        subprocess.run(
-            ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "start"],
-            check=False,
-            capture_output=True,
-            timeout=120,
-        )
+        pg_ctlcluster("start", check=False)
         wait_for(lambda: postgres_up(settings), 90, "PostgreSQL")
 
 

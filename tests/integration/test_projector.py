@@ -38,13 +38,6 @@ def clocked(test_settings: Settings, clock: ManualClock) -> Iterator[BatchServic
     svc.close()
 
 
-@pytest.fixture
-def view(test_settings: Settings) -> Iterator[RedisSlotView]:
-    v = RedisSlotView.from_settings(test_settings)
-    yield v
-    v.close()
-
-
 def eventually(check: Callable[[], bool], timeout: float = 10.0, every: float = 0.05) -> None:
     deadline = time.monotonic() + timeout
     while not check():

@@ -61,13 +61,6 @@ def clocked(test_settings: Settings, clock: ManualClock) -> Iterator[BatchServic
     svc.close()
 
 
-@pytest.fixture
-def view(test_settings: Settings) -> Iterator[RedisSlotView]:
-    v = RedisSlotView.from_settings(test_settings)
-    yield v
-    v.close()
-
-
 def replay(service: BatchService, view: RedisSlotView, after: int | None = None) -> int | None:
     """Apply every stored event to the view directly, in one pipeline."""
     notifications = service.recorder.select_notifications(start=1, limit=100_000)
