@@ -14,10 +14,10 @@ back to one append per batch on fresh state, with the usual retries.
 Aggregates are kept between commands in a bounded in-process cache of the
 exact objects last saved (no copy, no fast-forward query): staleness is caught
 by the optimistic version check, and an entry is dropped whenever a decision
-on it is not stored (conflict, any failed save, any error). A no-op decided on
-a stale entry is still right, because what makes a content, failure or
-registration command a no-op never becomes untrue; the sweep's commands
-(timeout, expiry), whose no-ops depend on status, always load fresh state.
+on it is not stored (conflict, any failed save, any error). A no-op or a
+rejection decided on a stale entry is kept only where what caused it can never
+become untrue (see ``_settled``); the others, and the sweep's commands
+(timeout, expiry), whose no-ops depend on status, are decided on fresh state.
 Closed batches move to a small cache of their own, so memory follows the open
 batches, not the history.
 """
@@ -34,7 +34,12 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 from uuid import UUID
 
-from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
+from eventsourcing.application import (
+    AggregateNotFoundError,
+    Application,
+    ProcessingEvent,
+    project_aggregate,
+)
 from eventsourcing.persistence import RecordConflictError, Recording
 from eventsourcing.utils import EnvType
 
@@ -46,9 +51,10 @@ from application.commands import (
     RegisterBatch,
     TimeOutBatch,
 )
-from domain import Batch, BatchRejection
+from domain import Batch, BatchRejection, ConflictingFileOutcome, StaleSnapshot
 
 Outcome = Literal["recorded", "noop", "rejected"]
+CONFLICTING_FILE_OUTCOME = ConflictingFileOutcome.reason
 
 
 @dataclass(frozen=True)
@@ -127,29 +133,36 @@ class BatchService(Application[UUID]):
             groups.setdefault(command.batch_id, []).append(index)
         results: list[Result | None] = [None] * len(commands)
         decided: dict[str, tuple[Batch, list[Result]]] = {}
+        retry: set[str] = set()  # batches to decide again, alone, on fresh state
         try:
             for batch_id, indexes in groups.items():
                 group = [commands[i] for i in indexes]
-                batch = self._checkout(batch_id, group)
+                batch, cached = self._checkout(batch_id, group)
                 now = self.clock()
-                decided[batch_id] = (batch, [self._decide(batch, c, now) for c in group])
+                rs = [self._decide(batch, c, now) for c in group]
+                decided[batch_id] = (batch, rs)
+                if cached and not all(_settled(batch, r) for r in rs):
+                    retry.add(batch_id)
         except BaseException:
             # A decision failed half way: nothing was stored, forget what was decided.
             decided.clear()
             raise
-        changed = [b for b, rs in decided.values() if any(r.events for r in rs)]
+        changed = [
+            b
+            for batch_id, (b, rs) in decided.items()
+            if batch_id not in retry and any(r.events for r in rs)
+        ]
         positions: dict[UUID, int] = {}
-        retry: set[str] = set()
         if changed:
             try:
                 positions = _positions(self.save(*changed))
             except RecordConflictError:
                 if self.on_conflict is not None:
                     self.on_conflict()
-                retry = {b.batch_id for b in changed}
+                retry |= {b.batch_id for b in changed}
             except BaseException:
-                for batch, rs in decided.values():
-                    if not any(r.events for r in rs):
+                for batch_id, (batch, rs) in decided.items():
+                    if batch_id not in retry and not any(r.events for r in rs):
                         self._checkin(batch)
                 raise
         for batch_id, indexes in groups.items():
@@ -167,10 +180,15 @@ class BatchService(Application[UUID]):
     # --------------------------------------------------------------- queries
 
     def get_batch(self, batch_id: str) -> Batch | None:
+        aggregate_id = Batch.create_id(batch_id)
         try:
-            batch: Batch = self.repository.get(Batch.create_id(batch_id))
+            batch: Batch = self.repository.get(aggregate_id)
         except AggregateNotFoundError:
             return None
+        except StaleSnapshot:
+            # Taken by an older release: the stream itself is the truth.
+            replayed: Batch | None = project_aggregate(None, self.events.get(aggregate_id))
+            return replayed
         return batch
 
     # -------------------------------------------------------------- internals
@@ -178,7 +196,7 @@ class BatchService(Application[UUID]):
     def _execute_group(self, batch_id: str, commands: list[AnyCommand]) -> list[Result]:
         """One batch on its own (after a conflict in a shared append): load, decide, append."""
         for attempt in range(self.max_attempts):
-            batch = self._checkout(batch_id, commands, fresh=True)
+            batch, _ = self._checkout(batch_id, commands, fresh=True)
             now = self.clock()
             decided = [self._decide(batch, command, now) for command in commands]
             if not any(r.events for r in decided):
@@ -222,12 +240,13 @@ class BatchService(Application[UUID]):
 
     def _checkout(
         self, batch_id: str, commands: Sequence[AnyCommand], fresh: bool = False
-    ) -> Batch:
-        """The batch to decide on, taken OUT of the cache (another thread cannot share it)."""
+    ) -> tuple[Batch, bool]:
+        """The batch to decide on, taken OUT of the cache (another thread cannot share
+        it), and whether it came from the cache (and so may be stale)."""
         cached = self._open.pop(batch_id) or self._closed.pop(batch_id)
         if cached is not None and not fresh and not any(isinstance(c, _FRESH) for c in commands):
-            return cached
-        return self.get_batch(batch_id) or Batch.start(batch_id, self.clock())
+            return cached, True
+        return self.get_batch(batch_id) or Batch.start(batch_id, self.clock()), False
 
     def _checkin(self, batch: Batch) -> None:
         """Keep a batch whose state is exactly what is stored (saved, or unchanged)."""
@@ -268,6 +287,24 @@ class BatchService(Application[UUID]):
 
 
 _FRESH = (TimeOutBatch, ExpirePending)
+
+
+def _settled(batch: Batch, result: Result) -> bool:
+    """Whether a decision made on a possibly stale cached batch stands as it is.
+
+    A decision that records events is checked by the append's version. One that
+    records nothing stands when what made it so can never become untrue (known
+    content, a recorded failure, a registration). Two can: a failure ignored
+    because the batch was closed (meanwhile content of that file may have
+    arrived: a conflict), and a file conflict (meanwhile the content may have
+    become known, a duplicate, or pending content may have expired and released
+    its file). Those, rare, are decided again on fresh state.
+    """
+    if result.outcome == "recorded":
+        return True
+    if result.outcome == "noop":
+        return not (isinstance(result.command, RecordValidationFailure) and batch.is_closed)
+    return result.reason != CONFLICTING_FILE_OUTCOME
 
 
 class _LRU:

@@ -2,7 +2,14 @@
 library and ``eventsourcing.domain``."""
 
 from domain.batch import BATCH_CLOSED, NO_AVAILABLE_SLOT, Batch
-from domain.errors import BatchExpired, BatchRejection, InvalidRegistration, RegistrationConflict
+from domain.errors import (
+    BatchExpired,
+    BatchRejection,
+    ConflictingFileOutcome,
+    InvalidRegistration,
+    RegistrationConflict,
+    StaleSnapshot,
+)
 
 __all__ = [
     "BATCH_CLOSED",
@@ -10,6 +17,8 @@ __all__ = [
     "Batch",
     "BatchExpired",
     "BatchRejection",
+    "ConflictingFileOutcome",
     "InvalidRegistration",
     "RegistrationConflict",
+    "StaleSnapshot",
 ]

@@ -15,13 +15,21 @@ topic mapping or an upcaster.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any, Literal
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.domain import Aggregate, event
 
-from domain.errors import BatchExpired, InvalidRegistration, RegistrationConflict
+from domain.errors import (
+    BatchExpired,
+    ConflictingFileOutcome,
+    InvalidRegistration,
+    RegistrationConflict,
+    StaleSnapshot,
+)
 
 Status = Literal["awaiting_registration", "open", "completed", "timed_out", "expired"]
 NO_AVAILABLE_SLOT = "NO_AVAILABLE_SLOT"
@@ -31,9 +39,49 @@ CLOSED_STATUSES = frozenset({"completed", "timed_out", "expired"})
 # Fixed forever: changing it would move every batch to a new stream.
 BATCH_NAMESPACE = uuid5(NAMESPACE_URL, "urn:batch-slot-service:batch")
 
+# CONTRACT §3: every outbound value is at most 1 MiB. The lists of one
+# BatchCompleted (or PendingContentExpired) part take at most this many bytes as
+# UTF-8 JSON; the rest of an envelope (ids, timestamps, names: at most a few KiB)
+# fits in what is left of the MiB.
+PART_LIST_BYTES = 1_000_000
+
+
+def _json_bytes(value: object) -> int:
+    """The size of ``value`` as compact UTF-8 JSON, plus one for its list separator."""
+    return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()) + 1
+
+
+def split_lists(
+    lists: Mapping[str, Iterable[Any]], budget: int = PART_LIST_BYTES
+) -> list[dict[str, list[Any]]]:
+    """Cut named lists into parts whose items take at most ``budget`` bytes each.
+
+    Items keep their order: concatenating each list over the parts gives it back.
+    Every part has every name (possibly empty); there is always at least one part.
+    """
+    parts: list[dict[str, list[Any]]] = [{name: [] for name in lists}]
+    used = 0
+    for name, items in lists.items():
+        for item in items:
+            size = _json_bytes(item)
+            if used + size > budget and used > 0:
+                parts.append({n: [] for n in lists})
+                used = 0
+            parts[-1][name].append(item)
+            used += size
+    return parts
+
 
 class Batch(Aggregate):
     """N ordered essay slots; each distinct content fills exactly one of them."""
+
+    # Version 2 keeps each file's first outcome (``_files``). A snapshot taken
+    # before that cannot say which file assigned or excess content came from.
+    class_version = 2
+
+    @staticmethod
+    def upcast_v1_v2(state: dict[str, Any]) -> None:
+        raise StaleSnapshot(str(state.get("_batch_id", "?")), "snapshot predates file outcomes")
 
     class Event(Aggregate.Event):
         """Base of every Batch event: the first event of a stream builds the batch."""
@@ -68,6 +116,7 @@ class Batch(Aggregate):
         batch._excess = {}  # text_storage_id -> reason
         batch._expired = {}  # text_storage_id -> True
         batch._failures = {}  # file_upload_id -> failure facts
+        batch._files = {}  # file_upload_id -> its first outcome: text_storage_id, or "" (failed)
         return batch
 
     # Declared for type checkers; set in _empty and by the event methods.
@@ -81,6 +130,7 @@ class Batch(Aggregate):
     _excess: dict[str, str]
     _expired: dict[str, bool]
     _failures: dict[str, dict[str, str]]
+    _files: dict[str, str]
 
     # ------------------------------------------------------------------ reads
 
@@ -138,6 +188,10 @@ class Batch(Aggregate):
     def failures(self) -> tuple[str, ...]:
         return tuple(self._failures)
 
+    def outcome_of_file(self, file_upload_id: str) -> str | None:
+        """The file's first outcome: its ``text_storage_id``, "" if it failed, None if unknown."""
+        return self._files.get(file_upload_id)
+
     def knows_content(self, text_storage_id: str) -> bool:
         return any(
             text_storage_id in known
@@ -185,9 +239,17 @@ class Batch(Aggregate):
         correlation_id: str,
     ) -> None:
         """Assign new content to the first free slot, hold it until registration,
-        or record it as true excess. Content the batch already knows is a no-op."""
+        or record it as true excess. Content the batch already knows is a no-op;
+        content for a file that already has another outcome is refused."""
         if self.knows_content(text_storage_id):
             return
+        if file_upload_id in self._files:
+            held = self._files[file_upload_id]
+            raise ConflictingFileOutcome(
+                self._batch_id,
+                f"file {file_upload_id!r} already "
+                + (f"holds content {held!r}" if held else "failed validation"),
+            )
         if not self.is_registered and not self.is_closed:
             self._pended(
                 batch_id=self._batch_id,
@@ -209,8 +271,19 @@ class Batch(Aggregate):
         now: datetime,
         correlation_id: str,
     ) -> None:
-        """Record a file that failed validation (once); it counts toward completion."""
+        """Record a file that failed validation (once); it counts toward completion.
+
+        A failure for a file whose content the batch holds is refused; after the
+        batch is closed a new failure changes nothing.
+        """
         if file_upload_id in self._failures:
+            return
+        if file_upload_id in self._files:
+            raise ConflictingFileOutcome(
+                self._batch_id,
+                f"file {file_upload_id!r} already holds content {self._files[file_upload_id]!r}",
+            )
+        if self.is_closed:
             return
         self._failure_recorded(
             batch_id=self._batch_id,
@@ -234,12 +307,16 @@ class Batch(Aggregate):
             return
         if now < self._first_pending_at + timedelta(seconds=ttl_seconds):
             return
-        self._pending_expired(
-            batch_id=self._batch_id,
-            text_storage_ids=list(self._pending),
-            correlation_id=correlation_id,
-            timestamp=now,
-        )
+        parts = split_lists({"text_storage_ids": list(self._pending)})
+        for number, lists in enumerate(parts, start=1):
+            self._pending_expired(
+                batch_id=self._batch_id,
+                text_storage_ids=lists["text_storage_ids"],
+                part=number,
+                parts=len(parts),
+                correlation_id=correlation_id,
+                timestamp=now,
+            )
 
     def _place(
         self,
@@ -280,20 +357,32 @@ class Batch(Aggregate):
     def _close(
         self, outcome: Literal["completed", "timed_out"], now: datetime, correlation_id: str
     ) -> None:
-        self._completed(
-            batch_id=self._batch_id,
-            outcome="complete" if outcome == "completed" else "timed_out",
-            ready=[
-                {"essay_id": essay_id, "text_storage_id": tsid}
-                for tsid, essay_id in self._assigned.items()
-            ],
-            validation_failures=[
-                {"file_upload_id": fid, **facts} for fid, facts in self._failures.items()
-            ],
-            missing_essay_ids=list(self.available_slots),
-            correlation_id=correlation_id,
-            timestamp=now,
+        """Record the completion: one ``BatchCompleted``, or several parts when its
+        lists would not fit one outbound message (all in this one append)."""
+        parts = split_lists(
+            {
+                "ready": [
+                    {"essay_id": essay_id, "text_storage_id": tsid}
+                    for tsid, essay_id in self._assigned.items()
+                ],
+                "validation_failures": [
+                    {"file_upload_id": fid, **facts} for fid, facts in self._failures.items()
+                ],
+                "missing_essay_ids": list(self.available_slots),
+            }
         )
+        for number, lists in enumerate(parts, start=1):
+            self._completed(
+                batch_id=self._batch_id,
+                outcome="complete" if outcome == "completed" else "timed_out",
+                ready=lists["ready"],
+                validation_failures=lists["validation_failures"],
+                missing_essay_ids=lists["missing_essay_ids"],
+                part=number,
+                parts=len(parts),
+                correlation_id=correlation_id,
+                timestamp=now,
+            )
 
     # ------------------------------------------------- facts (events applied)
 
@@ -325,6 +414,7 @@ class Batch(Aggregate):
             "file_upload_id": file_upload_id,
             "original_file_name": original_file_name,
         }
+        self._files.setdefault(file_upload_id, text_storage_id)
         if self._first_pending_at is None:
             self._first_pending_at = timestamp
 
@@ -341,6 +431,7 @@ class Batch(Aggregate):
     ) -> None:
         self._pending.pop(text_storage_id, None)
         self._assigned[text_storage_id] = essay_id
+        self._files.setdefault(file_upload_id, text_storage_id)
 
     @event("ExcessContentProvisioned")
     def _excess_provisioned(
@@ -355,6 +446,7 @@ class Batch(Aggregate):
     ) -> None:
         self._pending.pop(text_storage_id, None)
         self._excess[text_storage_id] = reason
+        self._files.setdefault(file_upload_id, text_storage_id)
 
     @event("ValidationFailureRecorded")
     def _failure_recorded(
@@ -370,8 +462,30 @@ class Batch(Aggregate):
             "original_file_name": original_file_name,
             "error_code": error_code,
         }
+        self._files.setdefault(file_upload_id, "")
 
-    @event("BatchCompleted")
+    class BatchCompleted(Event):
+        """The batch closed (one part of ``parts``: together they carry the lists).
+
+        Version 2 added ``part`` and ``parts``; a stored version 1 event was the
+        whole completion in one part.
+        """
+
+        class_version = 2
+        batch_id: str
+        outcome: str
+        ready: list[dict[str, str]]
+        validation_failures: list[dict[str, str]]
+        missing_essay_ids: list[str]
+        part: int
+        parts: int
+        correlation_id: str
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            state["part"] = state["parts"] = 1
+
+    @event(BatchCompleted)
     def _completed(
         self,
         batch_id: str,
@@ -379,20 +493,44 @@ class Batch(Aggregate):
         ready: list[dict[str, str]],
         validation_failures: list[dict[str, str]],
         missing_essay_ids: list[str],
+        part: int,
+        parts: int,
         correlation_id: str,
         timestamp: datetime,
     ) -> None:
         self._status = "completed" if outcome == "complete" else "timed_out"
 
-    @event("PendingContentExpired")
+    class PendingContentExpired(Event):
+        """Pending content released (one part of ``parts``); the batch is closed.
+
+        Version 2 added ``part`` and ``parts`` (a version 1 event was one part).
+        """
+
+        class_version = 2
+        batch_id: str
+        text_storage_ids: list[str]
+        part: int
+        parts: int
+        correlation_id: str
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            state["part"] = state["parts"] = 1
+
+    @event(PendingContentExpired)
     def _pending_expired(
         self,
         batch_id: str,
         text_storage_ids: list[str],
+        part: int,
+        parts: int,
         correlation_id: str,
         timestamp: datetime,
     ) -> None:
         for tsid in text_storage_ids:
-            self._pending.pop(tsid, None)
+            facts = self._pending.pop(tsid, None)
             self._expired[tsid] = True
+            # Released content is no longer held: its file has no outcome any more.
+            if facts is not None and self._files.get(facts["file_upload_id"]) == tsid:
+                del self._files[facts["file_upload_id"]]
         self._status = "expired"

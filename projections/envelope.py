@@ -44,8 +44,17 @@ DATA_FIELDS: Mapping[str, tuple[str, ...]] = {
         "original_file_name",
         "error_code",
     ),
-    "BatchCompleted": ("batch_id", "outcome", "ready", "validation_failures", "missing_essay_ids"),
-    "PendingContentExpired": ("batch_id", "text_storage_ids"),
+    # A completion too large for one message is several parts (CONTRACT §3).
+    "BatchCompleted": (
+        "batch_id",
+        "outcome",
+        "ready",
+        "validation_failures",
+        "missing_essay_ids",
+        "part",
+        "parts",
+    ),
+    "PendingContentExpired": ("batch_id", "text_storage_ids", "part", "parts"),
 }
 
 

@@ -775,7 +775,9 @@ class ChaosRun:
                 if e.type in ("SlotAssigned", "ExcessContentProvisioned")
             )
             slots = Counter(e.data["essay_id"] for e in events if e.type == "SlotAssigned")
-            completions = sum(1 for e in events if e.type == "BatchCompleted")
+            completions = sum(
+                1 for e in events if e.type == "BatchCompleted" and e.data.get("part", 1) == 1
+            )
             r.duplicate_effects += [
                 f"{batch_id}: content {t} placed {n}x" for t, n in tsids.items() if n > 1
             ]

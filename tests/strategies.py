@@ -2,7 +2,10 @@
 
 A *step* is either a command (as the worker would build it) or a ``Tick``
 that moves the injected clock forward. Identifiers come from small pools so
-that duplicates, excess and conflicts are common.
+that duplicates, excess and conflicts are common. On purpose, content and
+failures draw their ``file_upload_id`` from ONE pool: the same file reported
+as content and as a failure, or as content under two storage ids, is the case
+CONTRACT §2 "One file, one outcome" is about.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ Step = AnyCommand | Tick
 
 correlation_ids = st.sampled_from(["c-1", "c-2", "c-3"])
 text_storage_ids = st.sampled_from([f"t{i}" for i in range(10)])
+# Shared by contents() and failures(): see the module docstring.
 file_upload_ids = st.sampled_from([f"f{i}" for i in range(6)])
 essay_id_lists = st.lists(
     st.sampled_from([f"e{i}" for i in range(8)]), min_size=1, max_size=6, unique=True

@@ -135,9 +135,14 @@ def key_facts(event_type: str, d: dict[str, Any]) -> str:
             return (
                 f"{d.get('outcome')}: {len(d.get('ready', []))} ready, "
                 f"{len(d.get('validation_failures', []))} failed, "
-                f"{len(d.get('missing_essay_ids', []))} missing"
+                f"{len(d.get('missing_essay_ids', []))} missing{_part(d)}"
             )
         case "PendingContentExpired":
             ids = list(d.get("text_storage_ids", []))
-            return f"{len(ids)} pending released: {_ids(ids)}"
+            return f"{len(ids)} pending released: {_ids(ids)}{_part(d)}"
     return ""
+
+
+def _part(d: dict[str, Any]) -> str:
+    parts = d.get("parts", 1)
+    return f" (part {d.get('part', 1)} of {parts})" if parts != 1 else ""

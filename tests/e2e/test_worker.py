@@ -62,6 +62,40 @@ def test_messages_become_events_and_invalid_ones_go_to_the_dlq(e2e_settings: Set
     service.close()
 
 
+def test_one_file_reported_twice_counts_once_and_the_other_report_is_dead_lettered(
+    e2e_settings: Settings,
+) -> None:
+    """CONTRACT §2 "One file, one outcome" through the worker: file u1 arrives as
+    content AND as a failure (on two topics, so in either order), u2 as content.
+    Whichever of u1's reports is first is its outcome; the other is dead-lettered
+    CONFLICTING_FILE_OUTCOME, and u2 still gets a slot (never excess)."""
+    service = Bootstrap(e2e_settings).batch_service()
+    messages = [
+        content("one", "t1", "u1"),
+        failure("one", "u1"),
+        content("one", "t1-again", "u1"),  # the same file under a second storage id
+        registration("one", ["e1", "e2"]),
+        content("one", "t2", "u2"),
+    ]
+
+    async def scenario() -> None:
+        async with running(Worker(e2e_settings, service).run):
+            await produce(e2e_settings, messages)
+            await eventually(lambda: (b := service.get_batch("one")) is not None and b.is_closed)
+        dlq = await consume(e2e_settings, e2e_settings.topics.dlq, lambda r: len(r) >= 2)
+        reasons = Counter(dict(r.headers)["dlq.reason"].decode() for r in dlq)
+        assert reasons == Counter({"CONFLICTING_FILE_OUTCOME": 2})  # u1's other two reports
+
+    asyncio.run(scenario())
+    types = stored_types(service, "one")
+    assert "ExcessContentProvisioned" not in types
+    assert types.count("SlotAssigned") + types.count("ValidationFailureRecorded") == 2
+    batch = service.get_batch("one")
+    assert batch is not None and batch.status == "completed"
+    assert "t2" in batch.assignments.values()
+    service.close()
+
+
 def test_twenty_duplicate_deliveries_yield_one_assignment(e2e_settings: Settings) -> None:
     service = Bootstrap(e2e_settings).batch_service()
     messages = [content("dup", "t1", "f1") for _ in range(20)] + [registration("dup", ["e1", "e2"])]

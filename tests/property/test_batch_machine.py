@@ -20,11 +20,22 @@ from typing import Any
 
 import pytest
 from eventsourcing.persistence import ApplicationRecorder, EventStore
-from hypothesis import settings
+from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
-from application.commands import AnyCommand, ProvisionContent, RegisterBatch
+from application.commands import (
+    AnyCommand,
+    ProvisionContent,
+    RecordValidationFailure,
+    RegisterBatch,
+)
 from application.service import BatchService, Result
 from domain import Batch
 from infrastructure.bootstrap import Bootstrap
@@ -144,9 +155,22 @@ def check_stream_invariants(batch_id: str, events: list[Any]) -> None:
     else:
         slots = regs[0].essay_ids
         assert [e.essay_id for e in assigned] == slots[: len(assigned)]
-    # Completion exactly once, only when earned, and nothing assigned after it.
+    # Completion exactly once (its parts consecutive, numbered 1..n of n), only
+    # when earned, and nothing assigned after it.
     done = [i for i, k in enumerate(kinds) if k == "BatchCompleted"]
-    assert len(done) <= 1
+    if done:
+        assert done == list(range(done[0], done[0] + len(done)))
+    assert [(events[i].part, events[i].parts) for i in done] == [
+        (n, len(done)) for n in range(1, len(done) + 1)
+    ]
+    # One file, one outcome: a file never fills two slots, never both fills a slot
+    # and fails, never fails twice; so it counts at most once toward completion.
+    counted = Counter(
+        e.file_upload_id
+        for e, k in zip(events, kinds, strict=True)
+        if k in ("SlotAssigned", "ValidationFailureRecorded")
+    )
+    assert all(n == 1 for n in counted.values()), counted
     failed_fuids: set[str] = set()
     n_assigned = 0
     closed = False
@@ -164,6 +188,7 @@ def check_stream_invariants(batch_id: str, events: list[Any]) -> None:
             n_assigned += 1
         elif kind == "ValidationFailureRecorded":
             assert e.file_upload_id not in failed_fuids
+            assert not closed  # after close a new failure changes nothing
             failed_fuids.add(e.file_upload_id)
         elif kind == "ExcessContentProvisioned":
             # Early content is never excess merely for arriving early: excess
@@ -175,6 +200,8 @@ def check_stream_invariants(batch_id: str, events: list[Any]) -> None:
                 assert e.reason == "BATCH_CLOSED" and closed
             if e.text_storage_id in pended and not closed:
                 assert events[registered_at].correlation_id == e.correlation_id  # type: ignore[index]
+        elif kind == "BatchCompleted" and e.part > 1:
+            assert closed and kinds[i - 1] == "BatchCompleted"
         elif kind == "BatchCompleted":
             assert registered_at is not None and not closed
             expected = len(regs[0].essay_ids)
@@ -296,6 +323,42 @@ class BatchMachine(RuleBasedStateMachine):
         )
         self.run(data.draw(st.integers(0, INSTANCES - 1)), [cmd])
 
+    @precondition(
+        lambda self: any(
+            r.contents or r.failures for r in self.reference.batches.values()
+        )
+    )
+    @rule(data=st.data())
+    def contradict_a_file(self, data: st.DataObject) -> None:
+        """The same file again with the other outcome (or other content): CONTRACT §2
+        "One file, one outcome" — a failure for a file whose content the batch
+        holds, or content under another storage id for a file that failed or holds
+        content."""
+        ids = sorted(b for b, r in self.reference.batches.items() if r.contents or r.failures)
+        batch_id = data.draw(st.sampled_from(ids))
+        ref = self.reference.batches[batch_id]
+        files = sorted({c.file_upload_id for c in ref.contents} | set(ref.failures))
+        fuid = data.draw(st.sampled_from(files))
+        cid = f"contra-{self.commands_run}"
+        cmd: AnyCommand
+        if data.draw(st.booleans()):
+            cmd = RecordValidationFailure(
+                batch_id=batch_id,
+                correlation_id=cid,
+                file_upload_id=fuid,
+                original_file_name="again.txt",
+                error_code="LATE_FAILURE",
+            )
+        else:
+            cmd = ProvisionContent(
+                batch_id=batch_id,
+                correlation_id=cid,
+                text_storage_id=f"other-{self.commands_run}",
+                file_upload_id=fuid,
+                original_file_name="again.txt",
+            )
+        self.run(data.draw(st.integers(0, INSTANCES - 1)), [cmd])
+
     # -- invariants
     @invariant()
     def matches_reference(self) -> None:
@@ -413,3 +476,116 @@ def test_loading_from_a_snapshot_equals_a_full_replay(slots: int) -> None:
     assert (result.outcome, result.events) == ("recorded", 2)
     kinds: Counter[str] = Counter(type(e).__name__ for e in fresh.events.get(aggregate_id))
     assert kinds == {"BatchRegistered": 1, "SlotAssigned": slots, "BatchCompleted": 1}
+
+
+# ------------------------------------- the machine can fail: the old decisions
+
+
+class PreRuleBatch(Batch):
+    """The aggregate's content and failure decisions as they were before CONTRACT §2
+    "One file, one outcome" (a mutant: the machine above must catch it)."""
+
+    def provision_content(
+        self, text_storage_id: str, file_upload_id: str, name: str, now: Any, cid: str
+    ) -> None:
+        if self.knows_content(text_storage_id):
+            return
+        if not self.is_registered and not self.is_closed:
+            self._pended(
+                batch_id=self.batch_id,
+                text_storage_id=text_storage_id,
+                file_upload_id=file_upload_id,
+                original_file_name=name,
+                correlation_id=cid,
+                timestamp=now,
+            )
+            return
+        self._place(text_storage_id, file_upload_id, name, now, cid)
+        self._complete_if_done(now, cid)
+
+    def record_validation_failure(
+        self, file_upload_id: str, name: str, error_code: str, now: Any, cid: str
+    ) -> None:
+        if file_upload_id in self._failures:
+            return
+        self._failure_recorded(
+            batch_id=self.batch_id,
+            file_upload_id=file_upload_id,
+            original_file_name=name,
+            error_code=error_code,
+            correlation_id=cid,
+            timestamp=now,
+        )
+        self._complete_if_done(now, cid)
+
+
+class PreRuleService(SharedPopoBatchService):
+    def _checkout(self, batch_id: str, commands: Any, fresh: bool = False) -> Any:
+        batch, cached = super()._checkout(batch_id, commands, fresh)
+        batch.__class__ = PreRuleBatch
+        return batch, cached
+
+
+class PreRuleMachine(BatchMachine):
+    def new_service(self) -> BatchService:
+        return PreRuleService(
+            self.store,
+            clock=self.clock,
+            timeout_seconds=TIMEOUT_SECONDS,
+            pending_ttl_seconds=PENDING_TTL_SECONDS,
+        )
+
+
+def test_the_machine_fails_on_the_decisions_before_the_rule() -> None:
+    """The reference model is not a copy of the aggregate: the old behaviour (a
+    file counted twice, filling two slots, failures after close) is caught."""
+    with pytest.raises(AssertionError):
+        run_state_machine_as_test(
+            PreRuleMachine,
+            settings=settings(
+                max_examples=200,
+                stateful_step_count=40,
+                deadline=None,
+                database=None,
+                phases=[Phase.generate],  # found is enough; no need to shrink
+                suppress_health_check=list(HealthCheck),
+            ),
+        )
+
+
+def test_a_stale_cached_batch_does_not_hide_a_file_conflict() -> None:
+    """Instance A caches the closed batch; instance B then records late content of
+    file u9 (excess). A failure for u9 at A contradicts it: A must not call it a
+    no-op from its stale copy ("after close a new failure changes nothing")."""
+    store = SharedPopoStore()
+    clock = ManualClock()
+    a, b = (SharedPopoBatchService(store, clock=clock) for _ in range(2))
+    a.register(RegisterBatch(batch_id="s", correlation_id="c", essay_ids=["e1"]))
+    a.provision_content(
+        ProvisionContent(
+            batch_id="s",
+            correlation_id="c",
+            text_storage_id="t1",
+            file_upload_id="u1",
+            original_file_name="x",
+        )
+    )
+    late = ProvisionContent(
+        batch_id="s",
+        correlation_id="c",
+        text_storage_id="t9",
+        file_upload_id="u9",
+        original_file_name="x",
+    )
+    assert b.provision_content(late).outcome == "recorded"  # excess BATCH_CLOSED
+    failure = RecordValidationFailure(
+        batch_id="s",
+        correlation_id="c",
+        file_upload_id="u9",
+        original_file_name="x",
+        error_code="E",
+    )
+    result = a.record_validation_failure(failure)
+    assert (result.outcome, result.reason) == ("rejected", "CONFLICTING_FILE_OUTCOME")
+    a.close()
+    b.close()

@@ -33,8 +33,18 @@ CONTRACT_DATA = {  # CONTRACT §3, verbatim
         "reason",
     },
     "ValidationFailureRecorded": {"batch_id", "file_upload_id", "original_file_name", "error_code"},
-    "BatchCompleted": {"batch_id", "outcome", "ready", "validation_failures", "missing_essay_ids"},
-    "PendingContentExpired": {"batch_id", "text_storage_ids"},
+    # CONTRACT §3: a completion too large for one message comes in parts, "each
+    # saying which part of how many it is" (so does a large pending release).
+    "BatchCompleted": {
+        "batch_id",
+        "outcome",
+        "ready",
+        "validation_failures",
+        "missing_essay_ids",
+        "part",
+        "parts",
+    },
+    "PendingContentExpired": {"batch_id", "text_storage_ids", "part", "parts"},
 }
 
 
@@ -105,7 +115,12 @@ def test_data_values() -> None:
     }
     assert by_type["ExcessContentProvisioned"]["reason"] == "BATCH_CLOSED"
     assert by_type["ValidationFailureRecorded"]["error_code"] == "EMPTY_CONTENT"
-    assert by_type["PendingContentExpired"] == {"batch_id": "b-3", "text_storage_ids": ["t5"]}
+    assert by_type["PendingContentExpired"] == {
+        "batch_id": "b-3",
+        "text_storage_ids": ["t5"],
+        "part": 1,
+        "parts": 1,
+    }
     events = every_event_type()
     completed = [decode(e)["data"] for e in events if type(e).__name__ == "BatchCompleted"]
     assert completed[0] == {
@@ -116,6 +131,8 @@ def test_data_values() -> None:
             {"file_upload_id": "f9", "original_file_name": "bad.txt", "error_code": "EMPTY_CONTENT"}
         ],
         "missing_essay_ids": ["e2"],
+        "part": 1,
+        "parts": 1,
     }
     assert completed[1] == {
         "batch_id": "b-2",
@@ -123,6 +140,8 @@ def test_data_values() -> None:
         "ready": [],
         "validation_failures": [],
         "missing_essay_ids": ["e1", "e2"],
+        "part": 1,
+        "parts": 1,
     }
 
 
