@@ -22,6 +22,12 @@ TRANSIENT = Counter(
 PROJECTION_LAG = Gauge(
     "batchslot_projection_lag_events", "Stored events not yet in the Redis read model."
 )
+READ_MODEL_RESETS = Counter(
+    "batchslot_read_model_resets_total",
+    "Times the projector found the read model out of step with the store: replay "
+    "(position lost or moved back) or rebuild (position ahead of the store: a restore).",
+    ["action"],
+)
 OUTBOX_LAG = Gauge("batchslot_outbox_lag_events", "Stored events not yet published to Kafka.")
 OUTBOX_PARKED = Gauge(
     "batchslot_outbox_parked_events",
