@@ -176,6 +176,7 @@ class Outbox:
         if not page:
             return 0
         self._recorded = max(self._recorded, position)
+        self._record_lock = asyncio.Lock()  # this page's partitions take turns recording
         parked = await asyncio.to_thread(self.parking.batches)
         source = self.settings.source_service
         mapper = self._app.mapper
