@@ -94,8 +94,10 @@ class BatchService(Application[UUID]):
         on_conflict: Callable[[], None] | None = None,
         cache_size: int = 10000,
         closed_cache_size: int | None = None,
+        prune_snapshots: Callable[[Any, Sequence[tuple[UUID, int]]], None] | None = None,
     ) -> None:
         super().__init__(env)
+        self.prune_snapshots = prune_snapshots
         self.clock = clock
         self.timeout_seconds = timeout_seconds
         self.pending_ttl_seconds = pending_ttl_seconds
@@ -237,6 +239,11 @@ class BatchService(Application[UUID]):
         ]
         if snapshots:
             self.snapshots.put(snapshots)
+            if self.prune_snapshots is not None:  # keep only the latest (infrastructure)
+                self.prune_snapshots(
+                    self.snapshots.recorder,
+                    [(s.originator_id, s.originator_version) for s in snapshots],
+                )
 
     def _checkout(
         self, batch_id: str, commands: Sequence[AnyCommand], fresh: bool = False

@@ -10,6 +10,7 @@ from typing import Any
 from application.service import BatchService, utc_now
 from infrastructure.postgres import ensure_database, event_store_env
 from infrastructure.settings import Settings, load_settings
+from infrastructure.snapshots import prune_snapshots
 
 
 @dataclass
@@ -30,5 +31,9 @@ class Bootstrap:
             clock=clock,
             timeout_seconds=self.settings.batch_timeout_seconds,
             pending_ttl_seconds=self.settings.pending_ttl_seconds,
-            **{"cache_size": self.settings.aggregate_cache_size, **kwargs},
+            **{
+                "cache_size": self.settings.aggregate_cache_size,
+                "prune_snapshots": prune_snapshots,
+                **kwargs,
+            },
         )

@@ -22,7 +22,23 @@ TRANSIENT = Counter(
 PROJECTION_LAG = Gauge(
     "batchslot_projection_lag_events", "Stored events not yet in the Redis read model."
 )
+READ_MODEL_RESETS = Counter(
+    "batchslot_read_model_resets_total",
+    "Times the projector found the read model out of step with the store: replay "
+    "(position lost or moved back) or rebuild (position ahead of the store: a restore).",
+    ["action"],
+)
 OUTBOX_LAG = Gauge("batchslot_outbox_lag_events", "Stored events not yet published to Kafka.")
+OUTBOX_PARKED = Gauge(
+    "batchslot_outbox_parked_events",
+    "Stored events parked by the outbox (refused by the producer or broker, or waiting "
+    "behind a refused event of their batch); retried periodically.",
+)
+OUTBOX_REFUSED = Counter(
+    "batchslot_outbox_refused_total",
+    "Publications of one event refused by the producer or broker, by error.",
+    ["error"],
+)
 
 
 def serve(port: int | None) -> None:

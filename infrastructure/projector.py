@@ -4,13 +4,22 @@ It catches up in pages (one pipelined round trip per page), then follows the
 store live through the library's PostgreSQL LISTEN/NOTIFY subscription. If the
 position in Redis disappears (Redis flushed or restarted empty) it notices,
 on the next write or within ``watchdog_seconds`` when idle, and replays from 0;
-the per-batch version guard makes any replayed event a no-op.
+the per-batch version guard makes any replayed event a no-op. The same
+happens when the position moves back behind what this projector last wrote
+(an append-only file that lost its last second).
+
+A position AHEAD of the store's last event (PostgreSQL restored from an older
+backup) cannot be repaired by a replay: the read model holds events the store
+no longer has. The projector checks for it when it (re)starts following the
+store and every ``ahead_check_seconds`` while idle, logs it and runs a
+drop-and-replace rebuild (``infrastructure/rebuild.py``).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,6 +28,7 @@ import redis
 from eventsourcing.persistence import InterfaceError, Notification, OperationalError, Tracking
 
 from application.service import BatchService
+from infrastructure import metrics
 from infrastructure.bootstrap import Bootstrap
 from infrastructure.rebuild import RebuildSummary, rebuild
 from infrastructure.redis_view import PositionLost, RedisSlotView
@@ -36,6 +46,10 @@ TRANSIENT = (
 )
 
 
+class StoreBehind(RuntimeError):
+    """The read model's position is ahead of the store's last event (a restore)."""
+
+
 class Projector:
     """Keeps the Redis slot view up to date; ``start()`` runs it in a thread."""
 
@@ -47,13 +61,18 @@ class Projector:
         view: RedisSlotView | None = None,
         page_size: int = 500,
         watchdog_seconds: float = 0.5,
+        ahead_check_seconds: float = 5.0,
     ) -> None:
+        self.settings = settings
+        self.ahead_check_seconds = ahead_check_seconds
+        self.rebuilds = 0  # times the read model was ahead of the store and rebuilt
         self._owned = (service is None, view is None)
         self.service = service or Bootstrap(settings).batch_service()
         self.view = view or RedisSlotView.from_settings(settings)
         self.page_size, self.watchdog_seconds = page_size, watchdog_seconds
         self.replays = 0  # times the position was lost and the log replayed from 0
         self._stop, self._dead, self._lost = threading.Event(), threading.Event(), False
+        self._ahead = False
         self._lock = threading.Lock()
         self._subscription: Any = None
         self._believed: int | None = None  # the position this projector last wrote
@@ -101,16 +120,31 @@ class Projector:
 
     def run(self, stop: threading.Event) -> None:
         """Project until ``stop`` is set (blocking)."""
-        from_zero, delay = False, 0.1
+        from_zero, delay, restored = False, 0.1, False
         while not stop.is_set():
             try:
+                if restored:
+                    summary = rebuild(self.settings, service=self.service, view=self.view)
+                    self.rebuilds, restored = self.rebuilds + 1, False
+                    log.warning(
+                        "slot view rebuilt: %d events, %d batches", summary.events, summary.batches
+                    )
                 self._run_once(stop, from_zero)
                 from_zero, delay = False, 0.1
             except (PositionLost, VersionGap) as lost:
                 if self._streak >= 3:  # replays that never got through the catch-up
                     raise
                 log.warning("slot view out of step with the store (%s); replaying from 0", lost)
+                metrics.READ_MODEL_RESETS.labels("replay").inc()
                 self.replays, self._streak, from_zero = self.replays + 1, self._streak + 1, True
+            except StoreBehind as ahead:
+                log.warning(
+                    "slot view ahead of the event store (%s): the store was restored from an "
+                    "older backup? Rebuilding the read model from the store",
+                    ahead,
+                )
+                metrics.READ_MODEL_RESETS.labels("rebuild").inc()
+                restored = True
             except TRANSIENT as error:
                 log.warning("slot projector: %s; retrying in %.1fs", type(error).__name__, delay)
                 stop.wait(delay)
@@ -119,6 +153,7 @@ class Projector:
     def _run_once(self, stop: threading.Event, from_zero: bool) -> None:
         recorder = self.service.recorder
         position = None if from_zero else self.view.position()
+        self._check_ahead(position)
         while not stop.is_set():  # catch up, one page per round trip
             page = recorder.select_notifications(
                 start=position or 0, limit=self.page_size, inclusive_of_start=False
@@ -146,8 +181,16 @@ class Projector:
                 watchdog.join()
                 with self._lock:
                     self._subscription = None
+        if self._ahead:
+            self._ahead = False
+            self._check_ahead(self.view.position())
         if self._lost:
-            raise PositionLost("the position disappeared from Redis while idle")
+            raise PositionLost("the position disappeared from Redis or moved back while idle")
+
+    def _check_ahead(self, position: int | None) -> None:
+        store = self.service.recorder.max_notification_id() or 0
+        if position is not None and position > store:
+            raise StoreBehind(f"read model at position {position}, store's last event {store}")
 
     def _apply(self, notifications: Sequence[Notification], after: int | None) -> int | None:
         if not notifications:
@@ -158,13 +201,21 @@ class Projector:
 
     def _watch(self, subscription: Any, stop: threading.Event, done: threading.Event) -> None:
         """Stop the subscription on ``stop``, or when the position vanishes while idle."""
+        next_check = time.monotonic() + self.ahead_check_seconds
         try:
             while not done.wait(self.watchdog_seconds):
                 if stop.is_set():
                     break
-                if self._believed is not None and self.view.position() is None:
-                    self._lost = True
+                believed, position = self._believed, self.view.position()
+                if believed is not None and (position is None or position < believed):
+                    self._lost = True  # flushed, or an AOF that lost its last writes
                     break
+                if time.monotonic() >= next_check:
+                    next_check = time.monotonic() + self.ahead_check_seconds
+                    store = self.service.recorder.max_notification_id() or 0
+                    if position is not None and position > store:
+                        self._ahead = True
+                        break
         except TRANSIENT:
             log.warning("slot projector: Redis unreachable; restarting the subscription")
         subscription.stop()

@@ -6,6 +6,13 @@ one Lua script (RENAME of its three keys and its index entries) unless the
 live batch is already newer, so a reader sees the old model or the new one,
 never a missing or partial batch and never a count going backwards. A running
 projector may go on writing the live keys meanwhile.
+
+Drop and replace: a live batch newer than the shadow is kept only while the
+store has its version (a running projector got there first). If the store no
+longer has it (PostgreSQL restored from an older backup), the batch is
+replaced by the store's; live batches the store does not have are deleted;
+and a position ahead of the store's last event is SET back to the rebuilt
+position, so the read model equals the store again.
 """
 
 from __future__ import annotations
@@ -52,12 +59,16 @@ def rebuild(
         events, batch_ids = _replay(app, shadow, target, page_size, progress)
         ordered = sorted(batch_ids)
         for i in range(0, len(ordered), 500):
-            live.swap_in(shadow, ordered[i : i + 500])
+            chunk = ordered[i : i + 500]
+            live.swap_in(shadow, chunk, force=_lost_by_store(app, live, shadow, chunk))
         _drop_strays(app, live, batch_ids)
         for index in (DEADLINES, PENDING):
             for batch_id in live.index_members(index).keys() - batch_ids:
                 live.drop(batch_id, seen_version="")  # index entries of batches with no keys
-        if target:
+        position = live.position()
+        if position is not None and position > (app.recorder.max_notification_id() or 0):
+            live.set_position(target)  # ahead of the store: it was restored from a backup
+        elif target:
             live.advance_position(target)
     finally:
         _delete_shadow(shadow)
@@ -88,6 +99,22 @@ def _replay(
         if len(page) < page_size:
             break
     return events, batch_ids
+
+
+def _lost_by_store(
+    app: BatchService, live: RedisSlotView, shadow: RedisSlotView, batch_ids: list[str]
+) -> set[str]:
+    """Batches whose live version is newer than the shadow's AND than the store's."""
+    ahead = live.versions(batch_ids)
+    rebuilt = shadow.versions(batch_ids)
+    lost = set[str]()
+    for batch_id in batch_ids:
+        if ahead[batch_id] <= rebuilt[batch_id]:
+            continue
+        last = app.recorder.select_events(Batch.create_id(batch_id), desc=True, limit=1)
+        if not last or last[0].originator_version < ahead[batch_id]:
+            lost.add(batch_id)
+    return lost
 
 
 def _drop_strays(app: BatchService, live: RedisSlotView, known: set[str]) -> None:

@@ -72,11 +72,13 @@ return 1
 
 # KEYS: live summary, slots, assignments, shadow summary, slots, assignments,
 #       live deadlines, live pending, shadow deadlines, shadow pending.
-# ARGV[1] batch id. Swaps the shadow batch in unless the live one is newer.
+# ARGV[1] batch id, ARGV[2] '1' = replace even a newer live batch (the store lost
+# its events: restored from an older backup). Otherwise swaps the shadow batch in
+# unless the live one is newer (a running projector got there first).
 SWAP = """
 local sv = tonumber(redis.call('HGET', KEYS[4], 'version') or '0')
 local lv = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
-if sv < lv then
+if sv < lv and ARGV[2] ~= '1' then
   redis.call('DEL', KEYS[4], KEYS[5], KEYS[6])
   return 0
 end

@@ -8,7 +8,7 @@ replayed event changes nothing. Many events go in one pipelined round trip.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Sequence, Set
 from datetime import datetime
 from typing import Any, cast
 
@@ -122,14 +122,29 @@ class RedisSlotView(TrackingRecorder):
                 )
         return previous
 
-    def swap_in(self, shadow: RedisSlotView, batch_ids: Sequence[str]) -> int:
-        """Atomically replace each batch's keys by the shadow's, unless live is newer."""
+    def swap_in(
+        self, shadow: RedisSlotView, batch_ids: Sequence[str], force: Set[str] = frozenset()
+    ) -> int:
+        """Atomically replace each batch's keys by the shadow's, unless live is newer
+        (batches in ``force`` are replaced even then)."""
         pipe = self.client.pipeline(transaction=False)
         for batch_id in batch_ids:
             keys = [*self.batch_keys(batch_id), *shadow.batch_keys(batch_id)]
             keys += [*self.index_keys(), *shadow.index_keys()]
-            self._swap(keys=keys, args=[batch_id], client=pipe)
+            self._swap(keys=keys, args=[batch_id, "1" if batch_id in force else ""], client=pipe)
         return sum(cast(list[int], pipe.execute()))
+
+    def versions(self, batch_ids: Sequence[str]) -> dict[str, int]:
+        """The live version of each batch (0: not in the view)."""
+        pipe = self.client.pipeline(transaction=False)
+        for batch_id in batch_ids:
+            pipe.hget(summary_key(self.prefix, batch_id), "version")
+        found = cast(list[str | None], pipe.execute())
+        return {b: int(v or 0) for b, v in zip(batch_ids, found, strict=True)}
+
+    def set_position(self, position: int) -> None:
+        """Set the position, even backwards (see ``rebuild``)."""
+        self.client.set(self._tracking(), position)
 
     def drop(self, batch_id: str, seen_version: str) -> bool:
         """Delete a batch's keys unless it changed since it was seen at ``seen_version``."""

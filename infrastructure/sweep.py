@@ -26,7 +26,11 @@ class DeadlineIndex(Protocol):
     def due_for_expiry(self, now: datetime, ttl_seconds: int) -> list[str]: ...
 
 
-def sweep_once(service: BatchService, index: DeadlineIndex) -> list[Result]:
+PAGE = 500  # commands per execute(): bounded loads and transactions after an outage
+
+
+def sweep_once(service: BatchService, index: DeadlineIndex, page: int = PAGE) -> list[Result]:
+    """Close every due batch, ``page`` commands (one load and one append each) at a time."""
     now = service.clock()
     cid = str(uuid4())
     commands: list[AnyCommand] = [
@@ -36,10 +40,13 @@ def sweep_once(service: BatchService, index: DeadlineIndex) -> list[Result]:
         ExpirePending(batch_id=b, correlation_id=cid)
         for b in index.due_for_expiry(now, service.pending_ttl_seconds)
     ]
-    results = service.execute(commands) if commands else []
-    closed = [r.command.batch_id for r in results if r.outcome == "recorded"]
-    if closed:
-        log.info("sweep closed batches", extra={"correlation_id": cid, "batches": closed})
+    results: list[Result] = []
+    for start in range(0, len(commands), page):
+        part = service.execute(commands[start : start + page])
+        results += part
+        closed = [r.command.batch_id for r in part if r.outcome == "recorded"]
+        if closed:
+            log.info("sweep closed batches", extra={"correlation_id": cid, "batches": closed})
     return results
 
 

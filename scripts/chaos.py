@@ -106,6 +106,7 @@ class Options:
     time_limit: float = 900.0
     json_out: str | None = None
     keep: bool = False
+    kinds: tuple[str, ...] = FAULT_KINDS
 
     @classmethod
     def quick(cls, seed: int = 7) -> Options:
@@ -129,6 +130,8 @@ class FaultRecord:
     repaired_after: float = 0.0  # seconds from injection to repair
     recovery_seconds: float | None = None  # repair -> probe batch end to end
     note: str = ""
+    outbox_position: int | None = None  # kill_outbox: the position the restart resumes from
+    republished: int | None = None  # kill_outbox: events the restart published again
 
 
 @dataclass
@@ -160,6 +163,7 @@ class Report:
     divergence: int = -1
     unexpected_exits: list[str] = field(default_factory=list)
     faults: list[FaultRecord] = field(default_factory=list)
+    republished_per_outbox_restart: list[int] = field(default_factory=list)
     broker_restart_note: str = ""
     seconds: float = 0.0
 
@@ -462,6 +466,16 @@ def read_store(service: BatchService) -> list[StoredEvent]:
     return out
 
 
+def outbox_position(settings: Settings) -> int:
+    """The outbox's recorded position (where a restarted outbox resumes)."""
+    with psycopg.connect(**conninfo(settings), connect_timeout=5) as conn:
+        query = sql.SQL("SELECT coalesce(max(notification_id), 0) FROM {}.{}").format(
+            sql.Identifier(settings.database_schema), sql.Identifier("outbox_tracking")
+        )
+        row = conn.execute(query).fetchone()
+        return int(row[0]) if row else 0
+
+
 def positions(settings: Settings, service: BatchService) -> tuple[int, int, int]:
     """(store head, outbox position, projector position)."""
     head = service.recorder.max_notification_id() or 0
@@ -536,7 +550,7 @@ class ChaosRun:
 
     def schedule(self) -> list[tuple[float, str]]:
         """Seeded (offset seconds, fault kind) for the feed phase; the broker restart is last."""
-        kinds = list(FAULT_KINDS)
+        kinds = list(self.o.kinds)
         n = self.o.faults - (1 if self.o.broker_restart else 0)
         # Every kind at least once (when there is room), the rest drawn at random.
         chosen = kinds[:n] + [self.rng.choice(kinds) for _ in range(max(0, n - len(kinds)))]
@@ -558,6 +572,11 @@ class ChaosRun:
         if kind.startswith("kill_"):
             fleet.signal(target, signal.SIGKILL)
             time.sleep(self.rng.uniform(0.5, 3.0))
+            if kind == "kill_outbox":
+                try:
+                    record.outbox_position = outbox_position(s)
+                except psycopg.Error as e:  # a busy shared server: report it, carry on
+                    record.note = f"outbox position unknown ({type(e).__name__})"
             fleet.start(target)
         elif kind == "stop_worker":
             fleet.signal(target, signal.SIGSTOP)
@@ -803,6 +822,7 @@ class ChaosRun:
         published = Counter(e for e, _, _ in tap.records)
         r.published_records = len(tap.records)
         r.duplicate_publications = sum(n - 1 for n in published.values())
+        self._republished_per_restart(published, stored)
         # Before a broker restart, every event stored up to then must have been on the
         # topic; after it, every later event must be, and no earlier one again.
         head, base = self.head_at_broker_restart, self.tap_base
@@ -824,6 +844,28 @@ class ChaosRun:
         for key, versions in first_seen.items():
             if versions != sorted(versions):
                 r.out_of_order_publications.append(f"{key}: {versions[:10]}")
+
+    def _republished_per_restart(self, published: Counter[str], stored: list[Any]) -> None:
+        """Per kill_outbox: the duplicated publications of the events after its position.
+
+        Each duplicated event is attributed to the restart with the highest position
+        below it (a restart republishes only what lies beyond its position).
+        """
+        kills = sorted(
+            (f for f in self.report.faults if f.outbox_position is not None),
+            key=lambda f: f.outbox_position or 0,
+        )
+        for f in kills:
+            f.republished = 0
+        for e in stored:
+            extra = published.get(str(event_id_of(e.originator_id, e.version)), 0) - 1
+            owner = None
+            for f in kills:
+                if (f.outbox_position or 0) < e.notification_id:
+                    owner = f
+            if extra > 0 and owner is not None:
+                owner.republished = (owner.republished or 0) + extra
+        self.report.republished_per_outbox_restart = [f.republished or 0 for f in kills]
 
     def _check_outcome(
         self,
@@ -989,6 +1031,11 @@ def render(report: Report) -> None:
             f"{max(f.repaired_after for f in records):.1f}",
         )
     console.print(faults)
+    if report.republished_per_outbox_restart:
+        console.print(
+            "outbox restarts (kill -9): events republished per restart "
+            f"{report.republished_per_outbox_restart}"
+        )
     if report.broker_restart_note:
         console.print(f"broker restart: {report.broker_restart_note}")
     for title, items in (
@@ -1025,6 +1072,10 @@ def parse_args(argv: list[str] | None = None) -> Options:
     p.add_argument("--time-limit", type=float, default=None, help="seconds (default 900)")
     p.add_argument("--json-out", help="also write the report as JSON to this file")
     p.add_argument("--keep", action="store_true", help="keep the schema and Redis keys")
+    p.add_argument(
+        "--kinds",
+        help="comma-separated fault kinds to draw from (default: all): " + ",".join(FAULT_KINDS),
+    )
     a = p.parse_args(argv)
     base = Options.quick(a.seed) if a.quick else Options(seed=a.seed)
     changes: dict[str, Any] = {
@@ -1037,6 +1088,12 @@ def parse_args(argv: list[str] | None = None) -> Options:
             changes[name] = getattr(a, name)
     if "faults" in changes and not a.quick:
         changes["feed_seconds"] = max(base.feed_seconds, 4.0 * changes["faults"])
+    if a.kinds:
+        kinds = tuple(k.strip() for k in a.kinds.split(",") if k.strip())
+        unknown = [k for k in kinds if k not in FAULT_KINDS]
+        if unknown or not kinds:
+            p.error(f"--kinds: unknown fault kinds {unknown}; choose from {','.join(FAULT_KINDS)}")
+        changes["kinds"] = kinds
     options = Options(**{**asdict(base), **changes})
     if options.faults < 1 or options.batches < 1 or options.workers < 1:
         p.error("--faults, --batches and --workers must be at least 1")
