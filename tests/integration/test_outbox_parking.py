@@ -182,12 +182,8 @@ def test_worst_case_envelopes_fit_the_real_1_mib_limit(
     check_delivery(service, s, asyncio.run(consume(s, len(events))))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding for the domain (issue 12 item 2): pending content is unbounded, so one "
-    "PendingContentExpired of ~8,000+ 128-character text_storage_ids exceeds 1 MiB",
-)
 def test_worst_case_pending_content_expired_fits_1_mib() -> None:
+    """Pending content is unbounded: its release comes in parts (domain/batch.py)."""
     batch = Batch.start("p" * 128, datetime(2026, 1, 1, tzinfo=UTC))
     now = datetime(2026, 1, 1, tzinfo=UTC)
     for i in range(10_000):
@@ -197,3 +193,50 @@ def test_worst_case_pending_content_expired_fits_1_mib() -> None:
     assert expired
     for e in expired:
         assert len(envelope_of(e, "batch-slot-service").value) <= MIB
+
+
+def test_worst_case_completion_goes_out_in_parts_at_the_real_1_mib_limit(
+    env: tuple[Settings, BatchService],  # noqa: F811
+) -> None:
+    """5,000 slots of 128-character ids, completed: CONTRACT §3 completion parts,
+    through the outbox with the producer limited to 1 MiB, nothing parked."""
+    s, service = env
+    ident = "x" * 123
+    slots = [f"{i:04d}e{ident}" for i in range(5000)]
+    batch_id = "c" * 128
+    service.execute([RegisterBatch(batch_id=batch_id, correlation_id="c", essay_ids=slots)])
+    files = [
+        ProvisionContent(
+            batch_id=batch_id,
+            correlation_id="c",
+            text_storage_id=f"{i:04d}t{ident}",
+            file_upload_id=f"{i:04d}f{ident}",
+            original_file_name="a.txt",
+        )
+        for i in range(5000)
+    ]
+    for start in range(0, 5000, 1000):
+        service.execute(files[start : start + 1000])
+    events = stored(service)
+    outbox = Outbox(s, service, refusal_attempts=1, producer_overrides={"max_request_size": MIB})
+
+    async def publish() -> None:
+        while await outbox.publish_once():
+            pass
+        await outbox.close()
+
+    asyncio.run(publish())
+    assert outbox.parking.count() == 0
+    records = asyncio.run(consume(s, len(events)))
+    check_delivery(service, s, records)
+    parts = [
+        json.loads(r.value)
+        for r in records
+        if json.loads(r.value)["event_type"] == "BatchCompleted"
+    ]
+    assert len(parts) >= 2 and all(len(r.value) <= MIB for r in records)
+    assert [(p["data"]["part"], p["data"]["parts"]) for p in parts] == [
+        (n, len(parts)) for n in range(1, len(parts) + 1)
+    ]
+    ready = [item["essay_id"] for p in parts for item in p["data"]["ready"]]
+    assert ready == slots
