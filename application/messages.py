@@ -81,6 +81,8 @@ class _Data(BaseModel):
 
 
 class BatchEssaysRegisteredData(_Data):
+    """essay_ids are distinct; expected_essay_count, when present, equals len(essay_ids)."""
+
     essay_ids: Annotated[list[Identifier], Field(min_length=1, max_length=MAX_SLOTS)]
     expected_essay_count: int | None = Field(default=None, ge=1, le=MAX_SLOTS)
     course_code: ShortText | None = None
@@ -98,6 +100,8 @@ class BatchEssaysRegisteredData(_Data):
 
 
 class EssayContentProvisionedData(_Data):
+    """One piece of provisioned content; text_storage_id is its identity in the batch."""
+
     text_storage_id: Identifier
     file_upload_id: Identifier
     original_file_name: FileName
@@ -107,6 +111,8 @@ class EssayContentProvisionedData(_Data):
 
 
 class EssayValidationFailedData(_Data):
+    """A file that failed validation upstream; it counts toward completion."""
+
     file_upload_id: Identifier
     original_file_name: FileName
     error_code: ErrorCode
