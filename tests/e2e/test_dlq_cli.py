@@ -323,3 +323,15 @@ def test_bad_usage_exits_2_with_one_line(dlq_settings: Settings) -> None:
     # Nothing dead-lettered and nothing pending: empty results, exit 0.
     assert ok_json(s, "dlq", "list")["dead_letters"] == []
     assert ok_json(s, "pending")["pending"] == []
+
+
+def test_the_new_commands_have_help_with_examples(test_settings: Settings) -> None:
+    top = run_batchctl(test_settings, "--help")
+    assert top.returncode == 0 and "dlq" in top.stdout and "pending" in top.stdout
+    group = run_batchctl(test_settings, "dlq", "--help")
+    assert group.returncode == 0
+    assert all(c in group.stdout for c in ("list", "show", "redrive"))
+    for args in (["dlq", "list"], ["dlq", "show"], ["dlq", "redrive"], ["pending"]):
+        result = run_batchctl(test_settings, *args, "--help")
+        assert result.returncode == 0, result
+        assert "Usage: batchctl" in result.stdout and "Examples" in result.stdout
