@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -156,10 +156,20 @@ def list_(
     """
     s = settings()
     selection = Selection.of(reason, since, batch)
-    scan, letters = _read(s, selection)
+    rows: list[dict[str, Any]] = []
+    slim: list[Letter] = []  # values are not kept: a DLQ can be large
+
+    def keep(letter: Letter) -> bool:
+        if selection(letter):
+            rows.append(summary_json(letter, []))
+            slim.append(replace(letter, value=None))
+        return False
+
+    scan, _ = _read(s, keep)
     with RedriveLog(s) as log:
-        history = log.history(letters)
-    rows = [summary_json(w, history.get((w.partition, w.offset), [])) for w in letters]
+        history = log.history(slim)
+    for row, letter in zip(rows, slim, strict=True):
+        row["redrives"] = [r.as_json() for r in history.get((letter.partition, letter.offset), [])]
     if json_output:
         print_json(
             {
