@@ -226,6 +226,12 @@ def test_redrive_round_trip_list_show_pending(dlq_settings: Settings) -> None:
     assert shown["envelope"]["data"]["essay_ids"] == ["e1", "e2"]
     assert ["dlq.reason", "PROCESSING_ERROR"] in shown["headers"]
     assert shown["key"] == "poison" and shown["source_offset"] == reg_letter["source_offset"]
+    shown_table = batchctl(
+        s, "dlq", "show", str(reg_letter["offset"]), "--partition", str(reg_letter["partition"])
+    )
+    assert shown_table.returncode == 0 and "bug #123" in shown_table.stdout
+    dry_table = batchctl(s, "dlq", "redrive", "--reason", "INVALID_DATA", "--dry-run")
+    assert dry_table.returncode == 0 and "would send 1 of 1" in dry_table.stdout
 
     # ---- pending: oldest first, with the expiry time; expired/registered batches absent
     pending = ok_json(s, "pending")
