@@ -1,12 +1,19 @@
 """Inbound messages (CONTRACT §3): bytes in, a command out, or a named reason why not.
 
 Checks run cheapest first: size, UTF-8, JSON, the envelope, the event type
-for the topic, then the ``data`` model (strict: extra fields forbidden,
-identifiers and sizes as the contract says).
+for the topic, then the ``data`` model (strict: identifiers and sizes as the
+contract says).
+
+The reader is tolerant (CONTRACT §3): a field the schema version does not know,
+in the envelope or in ``data``, is ignored, and ``parse_inbound`` names it so
+that the caller can count it; a known field with a wrong type or value is
+refused, and so is an unknown ``schema_version``. The published JSON Schemas
+(``docs/schemas/``) are generated from these models (``application/schemas.py``).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
@@ -50,10 +57,15 @@ class InvalidMessage(ValueError):
         self.detail = detail[:500]
 
 
+# Unknown fields are kept aside (``model_extra``) only to be named and counted; no
+# decision reads them.
+_TOLERANT = ConfigDict(extra="allow", frozen=True, strict=True)
+
+
 class Envelope(BaseModel):
     # strict: schema_version must be a JSON integer (not true, "1" or 1.0) and
     # event_timestamp an RFC 3339 string (not a Unix number).
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    model_config = _TOLERANT
     event_id: UUID
     event_type: str = Field(max_length=128)
     event_timestamp: AwareDatetime
@@ -64,11 +76,13 @@ class Envelope(BaseModel):
 
 
 class _Data(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    model_config = _TOLERANT
     batch_id: Identifier
 
 
 class BatchEssaysRegisteredData(_Data):
+    """essay_ids are distinct; expected_essay_count, when present, equals len(essay_ids)."""
+
     essay_ids: Annotated[list[Identifier], Field(min_length=1, max_length=MAX_SLOTS)]
     expected_essay_count: int | None = Field(default=None, ge=1, le=MAX_SLOTS)
     course_code: ShortText | None = None
@@ -86,6 +100,8 @@ class BatchEssaysRegisteredData(_Data):
 
 
 class EssayContentProvisionedData(_Data):
+    """One piece of provisioned content; text_storage_id is its identity in the batch."""
+
     text_storage_id: Identifier
     file_upload_id: Identifier
     original_file_name: FileName
@@ -95,6 +111,8 @@ class EssayContentProvisionedData(_Data):
 
 
 class EssayValidationFailedData(_Data):
+    """A file that failed validation upstream; it counts toward completion."""
+
     file_upload_id: Identifier
     original_file_name: FileName
     error_code: ErrorCode
@@ -129,8 +147,31 @@ def parse_envelope(value: bytes | None) -> Envelope:
     return envelope
 
 
+@dataclass(frozen=True)
+class Parsed:
+    """A command, and the names of the unknown fields that were ignored to make it."""
+
+    command: AnyCommand
+    event_type: str
+    ignored_envelope: tuple[str, ...] = ()
+    ignored_data: tuple[str, ...] = ()
+
+    @property
+    def ignored(self) -> bool:
+        return bool(self.ignored_envelope or self.ignored_data)
+
+
+def _extra(model: BaseModel) -> tuple[str, ...]:
+    return tuple(sorted(model.model_extra or ()))
+
+
 def parse_message(kind: TopicKind, value: bytes | None) -> AnyCommand:
     """Turn one inbound message into its command, or raise InvalidMessage."""
+    return parse_inbound(kind, value).command
+
+
+def parse_inbound(kind: TopicKind, value: bytes | None) -> Parsed:
+    """Like ``parse_message``, also naming the unknown fields it ignored."""
     envelope = parse_envelope(value)
     expected = EVENT_TYPE_OF[kind]
     if envelope.event_type != expected:
@@ -138,26 +179,32 @@ def parse_message(kind: TopicKind, value: bytes | None) -> AnyCommand:
             "UNEXPECTED_EVENT_TYPE", f"event_type {envelope.event_type[:64]!r}, expected {expected}"
         )
     cid = str(envelope.correlation_id)
+    command: AnyCommand
     try:
         if kind == "registered":
             r = BatchEssaysRegisteredData.model_validate(envelope.data)
-            return RegisterBatch(batch_id=r.batch_id, correlation_id=cid, essay_ids=r.essay_ids)
-        if kind == "provisioned":
+            data: BaseModel = r
+            command = RegisterBatch(batch_id=r.batch_id, correlation_id=cid, essay_ids=r.essay_ids)
+        elif kind == "provisioned":
             p = EssayContentProvisionedData.model_validate(envelope.data)
-            return ProvisionContent(
+            data = p
+            command = ProvisionContent(
                 batch_id=p.batch_id,
                 correlation_id=cid,
                 text_storage_id=p.text_storage_id,
                 file_upload_id=p.file_upload_id,
                 original_file_name=p.original_file_name,
             )
-        f = EssayValidationFailedData.model_validate(envelope.data)
-        return RecordValidationFailure(
-            batch_id=f.batch_id,
-            correlation_id=cid,
-            file_upload_id=f.file_upload_id,
-            original_file_name=f.original_file_name,
-            error_code=f.error_code,
-        )
+        else:
+            f = EssayValidationFailedData.model_validate(envelope.data)
+            data = f
+            command = RecordValidationFailure(
+                batch_id=f.batch_id,
+                correlation_id=cid,
+                file_upload_id=f.file_upload_id,
+                original_file_name=f.original_file_name,
+                error_code=f.error_code,
+            )
     except ValidationError as e:
         raise InvalidMessage("INVALID_DATA", _first_error(e)) from None
+    return Parsed(command, expected, _extra(envelope), _extra(data))

@@ -15,6 +15,11 @@ COMMANDS = Counter(
 CONFLICTS = Counter(
     "batchslot_version_conflicts_total", "Appends that lost the race and were retried."
 )
+UNKNOWN_FIELDS = Counter(
+    "batchslot_unknown_fields_total",
+    "Unknown inbound fields ignored by the tolerant reader, by topic and where (envelope, data).",
+    ["topic", "where"],
+)
 DLQ = Counter("batchslot_dlq_messages_total", "Messages sent to the dead-letter topic.", ["reason"])
 TRANSIENT = Counter(
     "batchslot_transient_failures_total", "Transient failures retried with backoff.", ["where"]

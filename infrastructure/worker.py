@@ -19,10 +19,11 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import CommitFailedError, IllegalStateError
 from eventsourcing.persistence import InterfaceError, OperationalError
 
-from application.messages import InvalidMessage, TopicKind, parse_message
+from application.messages import InvalidMessage, TopicKind
 from application.service import BatchService, ConcurrencyExhausted, Result
 from infrastructure import metrics
 from infrastructure.dlq import DLQ_MAX_REQUEST_BYTES, DeadLetter, send_dead_letters
+from infrastructure.inbound import parse_counted
 from infrastructure.kafka import make_consumer, make_producer
 from infrastructure.settings import Settings
 
@@ -96,7 +97,7 @@ class Worker:
         for tp, messages in records.items():
             for message in messages:
                 try:
-                    commands.append(parse_message(self.kind_of[tp.topic], message.value))
+                    commands.append(parse_counted(self.kind_of[tp.topic], tp.topic, message.value))
                     sources.append(message)
                 except InvalidMessage as e:
                     metrics.MESSAGES.labels(tp.topic, "invalid").inc()

@@ -152,3 +152,14 @@ class EventStoreReader:
             (row[0], row[1]): StoredEvent(row[0], row[1], row[2], bytes(row[3]))
             for row in self.conn.execute(query, [ids, versions])
         }
+
+    # ------------------------------------------------------ pending content
+
+    def pending_streams(self, pended: str, closing: Sequence[str]) -> list[UUID]:
+        """Streams with a ``pended`` event and none of the ``closing`` event topics
+        (``batchctl pending``: content held for batches never registered)."""
+        query = sql.SQL(
+            "SELECT originator_id FROM {} GROUP BY originator_id "
+            "HAVING bool_or(topic = %s) AND NOT bool_or(topic = ANY(%s))"
+        ).format(self._table)
+        return [row[0] for row in self.conn.execute(query, [pended, list(closing)])]

@@ -13,7 +13,15 @@ from typing import Any, NoReturn
 
 import typer
 
-from infrastructure.cli import inspection, readmodel, services, store, transfer
+from infrastructure.cli import (
+    deadletters,
+    inspection,
+    pending,
+    readmodel,
+    services,
+    store,
+    transfer,
+)
 from infrastructure.cli.common import CliError
 from infrastructure.cli.errors import dependency_error
 
@@ -78,6 +86,8 @@ app.command("import")(transfer.import_)
 app.command()(readmodel.rebuild)
 app.command()(readmodel.verify)
 services.register(app)
+app.add_typer(deadletters.app, name="dlq")
+app.command()(pending.pending)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import uuid4
 
+from prometheus_client import REGISTRY
+
 from application.commands import ExpirePending, ProvisionContent
 from application.messages import MAX_MESSAGE_BYTES
 from application.service import BatchService
@@ -144,18 +146,6 @@ def corpus() -> list[Case]:
                 "provisioned",
                 {"batch_id": "bad-target", "file_upload_id": "f", "original_file_name": "a"},
             ),
-            "INVALID_DATA",
-        ),
-        Case(
-            "extra-envelope-field",
-            "provisioned",
-            env("provisioned", content_data(), priority="high"),
-            "INVALID_ENVELOPE",
-        ),
-        Case(
-            "extra-data-field",
-            "provisioned",
-            env("provisioned", content_data(essay_id="force-this-slot")),
             "INVALID_DATA",
         ),
         Case("null-data", "provisioned", env("provisioned", None), "INVALID_ENVELOPE"),
@@ -347,6 +337,38 @@ def corpus() -> list[Case]:
     return cases
 
 
+# Unknown fields are NOT bad input (CONTRACT §3, tolerant reader): these are
+# accepted, the unknown fields ignored (and counted), the command exactly as
+# without them. The data field tries to force the last slot; it must not.
+FORCED_SLOT = f"{GOOD}-e{GOOD_SLOTS - 1}"
+
+
+def tolerated() -> dict[str, bytes]:
+    return {
+        f"{GOOD}-extra-envelope": env(
+            "provisioned",
+            content_data(
+                GOOD, text_storage_id=f"{GOOD}-extra-envelope", file_upload_id=f"{GOOD}-fx1"
+            ),
+            priority="high",
+        ),
+        f"{GOOD}-extra-data": env(
+            "provisioned",
+            content_data(
+                GOOD,
+                text_storage_id=f"{GOOD}-extra-data",
+                file_upload_id=f"{GOOD}-fx2",
+                essay_id=FORCED_SLOT,
+            ),
+        ),
+    }
+
+
+def unknown_fields_counted(topic: str, where: str) -> float:
+    labels = {"topic": topic, "where": where}
+    return REGISTRY.get_sample_value("batchslot_unknown_fields_total", labels) or 0.0
+
+
 # Strange but VALID file names: stored verbatim, never dead-lettered.
 VALID_NAMES = {
     "sql-injection": "'); DROP TABLE batchservice_events; --.docx",
@@ -442,7 +464,11 @@ def test_bad_inputs_are_dead_lettered_and_valid_traffic_is_processed(
         items.append((topic(e2e_settings, case.kind), case.name, case.value))
     items.append((topic(e2e_settings, "provisioned"), f"valid-{valid}", good_content(valid)))
     valid += 1
-    assert valid <= GOOD_SLOTS
+    extras = tolerated()
+    items += [(topic(e2e_settings, "provisioned"), name, value) for name, value in extras.items()]
+    assert valid + len(extras) < GOOD_SLOTS - 1  # FORCED_SLOT stays free unless forced
+    prov = topic(e2e_settings, "provisioned")
+    counted = unknown_fields_counted(prov, "envelope"), unknown_fields_counted(prov, "data")
 
     async def scenario() -> list[Any]:
         worker = Worker(e2e_settings, service)
@@ -453,12 +479,16 @@ def test_bad_inputs_are_dead_lettered_and_valid_traffic_is_processed(
             dlq = await consume(
                 e2e_settings, e2e_settings.topics.dlq, lambda r: len(r) >= len(cases), timeout=60
             )
-            await eventually(lambda: len(service.get_batch(GOOD).assignments) == valid)  # type: ignore[union-attr]
+            await eventually(
+                lambda: len(service.get_batch(GOOD).assignments) == valid + len(extras)  # type: ignore[union-attr]
+            )
             # Still alive: one more valid message after the whole corpus is processed.
             await send_all(
                 e2e_settings, [(topic(e2e_settings, "provisioned"), "last", good_content(valid))]
             )
-            await eventually(lambda: len(service.get_batch(GOOD).assignments) == valid + 1)  # type: ignore[union-attr]
+            await eventually(
+                lambda: len(service.get_batch(GOOD).assignments) == valid + len(extras) + 1  # type: ignore[union-attr]
+            )
         return dlq
 
     dlq = asyncio.run(scenario())
@@ -482,7 +512,15 @@ def test_bad_inputs_are_dead_lettered_and_valid_traffic_is_processed(
     # Every valid message is stored, verbatim; nothing from the corpus reached the store.
     stored = events_of(service, GOOD)
     assigned = {e.text_storage_id: e for e in stored if type(e).__name__ == "SlotAssigned"}
-    assert set(assigned) == {f"{GOOD}-t{n}" for n in range(valid + 1)}
+    assert set(assigned) == {f"{GOOD}-t{n}" for n in range(valid + 1)} | set(extras)
+    # Tolerated: stored exactly as without the unknown fields, which were counted.
+    for tsid, n in ((f"{GOOD}-extra-envelope", 1), (f"{GOOD}-extra-data", 2)):
+        assert assigned[tsid].file_upload_id == f"{GOOD}-fx{n}"
+        assert assigned[tsid].original_file_name == "essay.docx"
+    assert assigned[f"{GOOD}-extra-data"].essay_id != FORCED_SLOT
+    assert FORCED_SLOT not in service.get_batch(GOOD).assignments  # type: ignore[union-attr]
+    assert unknown_fields_counted(prov, "envelope") == counted[0] + 1
+    assert unknown_fields_counted(prov, "data") == counted[1] + 1
     for n, (_, name) in enumerate(names):
         assert assigned[f"{GOOD}-t{n}"].original_file_name == name
     registrations = [e for e in stored if type(e).__name__ == "BatchRegistered"]
