@@ -34,6 +34,7 @@ from eventsourcing.application import Application
 from eventsourcing.persistence import IntegrityError, Tracking
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresTrackingRecorder
 
+from infrastructure import pg_timeouts
 from infrastructure.bootstrap import Bootstrap
 from infrastructure.kafka import ensure_topics, make_producer
 from infrastructure.pg_listen import Listener, first_of
@@ -75,6 +76,8 @@ class Outbox:
         self._producer: Any = None
         self._partitioner = DefaultPartitioner()
         self.failures = 0  # pages that failed and will be retried (for metrics and tests)
+        self.published: int | None = None  # last position recorded (for the stall watchdog)
+        self._listener: Listener | None = None
 
     # ------------------------------------------------------------- position
 
@@ -90,7 +93,7 @@ class Outbox:
 
     async def publish_once(self) -> int:
         """Publish the next page; return how many events it held (0: caught up)."""
-        position = await asyncio.to_thread(self.position)
+        position = self.published = await asyncio.to_thread(self.position)
         page = await asyncio.to_thread(
             self._events.select_notifications,
             position,
@@ -104,6 +107,7 @@ class Outbox:
         messages = [envelope_of(mapper.to_domain_event(n), source) for n in page]
         await self._send(messages)
         await asyncio.to_thread(self._record, page[-1].id)
+        self.published = page[-1].id
         return len(page)
 
     def _record(self, notification_id: int) -> None:
@@ -153,13 +157,22 @@ class Outbox:
         if producer is not None:
             await producer.stop()
 
+    async def recycle(self) -> None:
+        """The stall watchdog's lever: free calls blocked on a silent PostgreSQL
+        connection and reopen the LISTEN connection (Kafka requests are bounded
+        by KAFKA_REQUEST_TIMEOUT_MS, after which the producer is reopened)."""
+        pg_timeouts.recycle()
+        if self._listener is not None:
+            await self._listener.close()
+
     # --------------------------------------------------------------- loop
 
     async def run(self, stop: asyncio.Event) -> None:
         """Publish until ``stop`` is set; wake on NOTIFY, retry failures with backoff."""
-        listener = Listener(self.settings, self._events.channel_name)
+        listener = self._listener = Listener(self.settings, self._events.channel_name)
         delay = self.backoff[0]
-        log.info("outbox starting at position %d, topic %s", self.position(), self.topic)
+        self.published = self.position()
+        log.info("outbox starting at position %d, topic %s", self.published, self.topic)
         try:
             while not stop.is_set():
                 try:

@@ -60,8 +60,43 @@ class Worker:
             for kind, topic in settings.topics.by_kind.items()
         }
         self._lock = asyncio.Lock()
+        # For the stall watchdog (infrastructure/watchdog.py): progress and lag.
+        self.handled = 0  # messages handled (recorded, no-op or dead-lettered)
+        self.in_hand = 0  # messages of the poll being handled now
+        self.retrying = False  # the last attempt failed transiently (a dependency is down)
+        self._next: dict[TopicPartition, int] = {}
+        self._consumer: AIOKafkaConsumer | None = None
+        self._recycle = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
+        consumer, producer = await self._clients()
+        log.info("worker started", extra={"topics": list(self.kind_of)})
+        try:
+            while not stop.is_set():
+                if self._recycle.is_set():  # the stall watchdog asked for new clients
+                    self._recycle.clear()
+                    await consumer.stop()
+                    await producer.stop()
+                    consumer, producer = await self._clients()
+                    log.warning("worker: Kafka clients recycled")
+                records = await consumer.getmany(timeout_ms=500, max_records=self.max_records)
+                if records:
+                    async with self._lock:
+                        self.in_hand = sum(len(ms) for ms in records.values())
+                        try:
+                            await self.handle(consumer, producer, records, stop)
+                        finally:
+                            self.in_hand = 0
+                    self.handled += sum(len(ms) for ms in records.values())
+                    for tp, ms in records.items():
+                        if ms:
+                            self._next[tp] = ms[-1].offset + 1
+        finally:
+            await consumer.stop()
+            await producer.stop()
+            log.info("worker stopped")
+
+    async def _clients(self) -> tuple[AIOKafkaConsumer, AIOKafkaProducer]:
         consumer = make_consumer(
             self.settings,
             group_id=self.settings.kafka_consumer_group,
@@ -73,17 +108,24 @@ class Worker:
         producer = make_producer(self.settings, max_request_size=DLQ_MAX_REQUEST_BYTES)
         await consumer.start()
         await producer.start()
-        log.info("worker started", extra={"topics": list(self.kind_of)})
-        try:
-            while not stop.is_set():
-                records = await consumer.getmany(timeout_ms=500, max_records=self.max_records)
-                if records:
-                    async with self._lock:
-                        await self.handle(consumer, producer, records, stop)
-        finally:
-            await consumer.stop()
-            await producer.stop()
-            log.info("worker stopped")
+        self._consumer = consumer
+        return consumer, producer
+
+    def lag(self) -> int:
+        """Records known to wait on this worker's partitions (from the last fetches)."""
+        consumer = self._consumer
+        if consumer is None:
+            return 0
+        total = 0
+        for tp in consumer.assignment():
+            high, done = consumer.highwater(tp), self._next.get(tp)
+            if high is not None and done is not None:
+                total += max(0, high - done)
+        return total
+
+    def request_recycle(self) -> None:
+        """Reopen the Kafka clients between polls (the stall watchdog's lever)."""
+        self._recycle.set()
 
     async def handle(
         self,
@@ -135,8 +177,11 @@ class Worker:
         delay = 0.1
         while True:
             try:
-                return await asyncio.to_thread(self.service.execute, commands)
+                results = await asyncio.to_thread(self.service.execute, commands)
+                self.retrying = False
+                return results
             except TRANSIENT as e:
+                self.retrying = True
                 metrics.TRANSIENT.labels("execute").inc()
                 log.warning("transient failure, retrying", extra={"error": type(e).__name__})
                 if stop.is_set():

@@ -63,9 +63,9 @@ def test_statement_timeout_is_a_transient_error_of_the_event_store(
     bounded_service: BatchService,
 ) -> None:
     datastore = _datastore(bounded_service)
-    with pytest.raises(OperationalError) as caught:  # noqa: PT012
-        with datastore.get_connection() as conn:  # type: ignore[attr-defined]
-            conn.execute("SELECT pg_sleep(1)")
+    get_connection = datastore.get_connection  # type: ignore[attr-defined]
+    with pytest.raises(OperationalError) as caught, get_connection() as conn:
+        conn.execute("SELECT pg_sleep(1)")
     assert isinstance(caught.value.__cause__, psycopg.errors.QueryCanceled)
     assert isinstance(caught.value, TRANSIENT)
 
@@ -81,13 +81,13 @@ def test_a_call_without_an_answer_gives_up_and_closes_its_connection(bounded: Se
     # Through the event store: the library's exception, transient for every loop.
     svc = Bootstrap(bounded).batch_service()
     try:
-        with pytest.raises(OperationalError) as caught:  # noqa: PT012
-            with svc.recorder.datastore.get_connection() as c:  # type: ignore[attr-defined]
-                c.execute("SET statement_timeout = 0")
-                c.execute("SELECT pg_sleep(5)")
+        get_connection = svc.recorder.datastore.get_connection  # type: ignore[attr-defined]
+        with pytest.raises(OperationalError) as caught, get_connection() as c:
+            c.execute("SET statement_timeout = 0")
+            c.execute("SELECT pg_sleep(5)")
         assert isinstance(caught.value, TRANSIENT)
         # The pool replaces the closed connection: the next call works.
-        with svc.recorder.datastore.get_connection() as c:  # type: ignore[attr-defined]
+        with get_connection() as c:
             assert c.execute("SELECT 1 AS one").fetchone()["one"] == 1
     finally:
         svc.close()
