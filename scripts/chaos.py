@@ -11,6 +11,11 @@ prefix, topic names and consumer group. Feeds a shuffled, duplicated scenario
 - ``restart_postgres``: ``pg_ctlcluster ... restart`` (the machine's server);
 - ``flush_redis``: delete every key of this run's prefix (the projector must notice);
 - ``restart_redis``: restart the machine's Redis (memory only: it comes back empty);
+- ``partition_<postgres|redis|kafka>_<reset|stranded>`` (only with ``--kinds``):
+  the fleet reaches that dependency through a partition proxy
+  (``tests/support/proxy.py``); nothing flows for 3-6 s, then the held
+  connections are reset, or left open and silent forever (stranded) while new
+  ones pass. Short client timeouts are set for the fleet.
 - ``restart_broker``: only after all input was consumed and the outbox caught
   up (Tansu loses every topic, message and offset on restart); then the topics
   are re-created, the outbox must NOT republish, and a tail of new batches
@@ -28,6 +33,8 @@ times per fault kind. Exit 1 on any violation, 2 on a setup problem.
 
     python scripts/chaos.py --seed 7 --batches 300 --faults 24
     python scripts/chaos.py --quick
+    python scripts/chaos.py --quick --no-broker-restart --faults 6 \
+        --kinds partition_postgres_stranded,partition_redis_stranded,partition_kafka_stranded
 """
 
 from __future__ import annotations
@@ -81,6 +88,20 @@ FAULT_KINDS = (
     "kill_outbox",
     "kill_projector",
 )
+PARTITION_KINDS = tuple(
+    f"partition_{dependency}_{heal}"
+    for dependency in ("postgres", "redis", "kafka")
+    for heal in ("reset", "stranded")
+)
+# The fleet's bounds when a partition kind is in the run (seconds, not minutes).
+PARTITION_TIMEOUTS = {
+    "DATABASE_STATEMENT_TIMEOUT_SECONDS": "5",
+    "DATABASE_CALL_TIMEOUT_SECONDS": "6",
+    "REDIS_SOCKET_TIMEOUT_SECONDS": "3",
+    "KAFKA_REQUEST_TIMEOUT_MS": "6000",
+    "KAFKA_METADATA_MAX_AGE_MS": "10000",
+    "STALL_TIMEOUT_SECONDS": "6",
+}
 # fmt: off
 REDIS_START = [
     "redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "-::1", "--port", "6379",
@@ -106,6 +127,7 @@ class Options:
     time_limit: float = 900.0
     json_out: str | None = None
     keep: bool = False
+    kinds: tuple[str, ...] = FAULT_KINDS
 
     @classmethod
     def quick(cls, seed: int = 7) -> Options:
@@ -503,6 +525,7 @@ class ChaosRun:
         self.tail: Scenario | None = None
         self.head_at_broker_restart = 1 << 62  # no restart: every event is "before"
         self.tap_base = 1 << 62
+        self.proxies: dict[str, Any] = {}  # dependency -> ProxyThread (partition kinds only)
 
     # -------------------------------------------------------------- set-up
 
@@ -529,14 +552,38 @@ class ChaosRun:
             "PYTHONUNBUFFERED": "1",
         }
         self.settings = load_settings(self.env)
+        if any(k in PARTITION_KINDS for k in self.o.kinds):
+            self._through_proxies()
         return self.settings
+
+    def _through_proxies(self) -> None:
+        """The fleet reaches every dependency through a partition proxy; the run's own
+        checks go direct (except Kafka: the broker advertises its proxy to everyone)."""
+        from urllib.parse import urlsplit, urlunsplit
+
+        from tests.support.proxy import ProxyThread
+
+        def via(url: str, default_port: int, name: str) -> str:
+            parts = urlsplit(url)
+            proxy = ProxyThread(parts.hostname or "127.0.0.1", parts.port or default_port).start()
+            self.proxies[name] = proxy
+            netloc = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
+            return urlunsplit(parts._replace(netloc=f"{netloc}127.0.0.1:{proxy.port}"))
+
+        self.env["DATABASE_URL"] = via(self.env["DATABASE_URL"], 5432, "postgres")
+        self.env["REDIS_URL"] = via(self.env["REDIS_URL"], 6379, "redis")
+        kafka = ProxyThread(self.broker.host, self.broker.port).start()
+        self.proxies["kafka"] = kafka
+        self.broker.advertised = kafka.address
+        self.env["KAFKA_BOOTSTRAP_SERVERS"] = kafka.address
+        self.env.update(PARTITION_TIMEOUTS)
 
     def elapsed(self) -> float:
         return time.monotonic() - self.t0
 
     def schedule(self) -> list[tuple[float, str]]:
         """Seeded (offset seconds, fault kind) for the feed phase; the broker restart is last."""
-        kinds = list(FAULT_KINDS)
+        kinds = list(self.o.kinds)
         n = self.o.faults - (1 if self.o.broker_restart else 0)
         # Every kind at least once (when there is room), the rest drawn at random.
         chosen = kinds[:n] + [self.rng.choice(kinds) for _ in range(max(0, n - len(kinds)))]
@@ -569,6 +616,14 @@ class ChaosRun:
             record.note = f"{flush_prefix(s)} keys deleted"
         elif kind == "restart_redis":
             restart_redis()
+        elif kind in PARTITION_KINDS:
+            _, dependency, heal = kind.split("_")
+            proxy = self.proxies[dependency]
+            proxy.partition()
+            time.sleep(self.rng.uniform(3.0, 6.0))
+            held = proxy.heal(reset=heal == "reset")
+            record.target = dependency
+            record.note = f"{held} connections {'reset' if heal == 'reset' else 'stranded'}"
         record.repaired_after = round(time.monotonic() - start, 2)
         return record
 
@@ -921,6 +976,8 @@ class ChaosRun:
             fleet.stop_all()
             service.close()
             self.broker.stop()
+            for proxy in self.proxies.values():
+                proxy.stop()
             ensure_servers_running(s)
             if not self.o.keep:
                 cleanup(s)
@@ -1023,6 +1080,13 @@ def parse_args(argv: list[str] | None = None) -> Options:
     p.add_argument("--time-limit", type=float, default=None, help="seconds (default 900)")
     p.add_argument("--json-out", help="also write the report as JSON to this file")
     p.add_argument("--keep", action="store_true", help="keep the schema and Redis keys")
+    p.add_argument(
+        "--kinds",
+        help="comma-separated fault kinds to draw from (default: "
+        + ",".join(FAULT_KINDS)
+        + "); also: "
+        + ",".join(PARTITION_KINDS),
+    )
     a = p.parse_args(argv)
     base = Options.quick(a.seed) if a.quick else Options(seed=a.seed)
     changes: dict[str, Any] = {
@@ -1030,6 +1094,12 @@ def parse_args(argv: list[str] | None = None) -> Options:
         "keep": a.keep,
         "broker_restart": not a.no_broker_restart,
     }
+    if a.kinds:
+        kinds = tuple(k.strip() for k in a.kinds.split(",") if k.strip())
+        unknown = [k for k in kinds if k not in (*FAULT_KINDS, *PARTITION_KINDS)]
+        if unknown or not kinds:
+            p.error(f"unknown fault kinds: {', '.join(unknown) or '(none)'}")
+        changes["kinds"] = kinds
     for name in ("batches", "faults", "workers", "time_limit"):
         if getattr(a, name) is not None:
             changes[name] = getattr(a, name)
