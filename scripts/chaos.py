@@ -599,6 +599,8 @@ class ChaosRun:
         target = {"kill_projector": "projector", "kill_outbox": "outbox"}.get(
             kind, self.rng.choice(workers) if "worker" in kind else "server"
         )
+        if kind in PARTITION_KINDS:
+            target = kind.split("_")[1]
         record = FaultRecord(kind, target, round(self.elapsed(), 1))
         console.print(f"[yellow]{record.at:6.1f}s fault[/] {kind} {target}")
         start = time.monotonic()
@@ -622,7 +624,6 @@ class ChaosRun:
             proxy.partition()
             time.sleep(self.rng.uniform(3.0, 6.0))
             held = proxy.heal(reset=heal == "reset")
-            record.target = dependency
             record.note = f"{held} connections {'reset' if heal == 'reset' else 'stranded'}"
         record.repaired_after = round(time.monotonic() - start, 2)
         return record
