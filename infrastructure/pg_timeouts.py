@@ -14,9 +14,13 @@ Three layers, all from Settings (README "Configuration", docs/faults.md):
   ``psycopg.OperationalError``. This is what frees a call when TCP itself is
   still alive but nothing answers (a proxy or middlebox that holds the flow
   open): keepalives and tcp_user_timeout cannot see that.
+- A call that times out also drains its pool: the pool's other connections
+  took the same road and are likely silent too, and each would otherwise cost
+  a full deadline before it is found out.
 - ``recycle()``: the stall watchdog's lever. It shuts down the socket of every
   connection that is inside a call, so a thread blocked in a read returns at
-  once with an error (and the caller retries on a fresh connection).
+  once with an error (and the caller retries on a fresh connection), and
+  drains every pool.
 
 Every error raised here is a ``psycopg.OperationalError``; the ``eventsourcing``
 datastore turns it into its ``OperationalError``, which every loop retries
@@ -80,7 +84,19 @@ class CallTimeout(errors.OperationalError):
 
 
 _BUSY: weakref.WeakSet[BoundedConnection] = weakref.WeakSet()
+_POOLS: weakref.WeakSet[Any] = weakref.WeakSet()
 _BUSY_LOCK = threading.Lock()
+_last_timeout = float("-inf")  # time.monotonic() of the last call that timed out
+
+
+def seconds_since_timeout() -> float:
+    """Seconds since a PostgreSQL call last timed out in this process (inf: never)."""
+    return time.monotonic() - _last_timeout
+
+
+def _drain(pool: Any) -> None:
+    with contextlib.suppress(Exception):
+        pool.drain()
 
 
 class BoundedConnection(psycopg.Connection[Any]):
@@ -102,8 +118,13 @@ class BoundedConnection(psycopg.Connection[Any]):
                 "PostgreSQL call timed out; closing the connection",
                 extra={"after_seconds": round(time.monotonic() - started, 1)},
             )
+            global _last_timeout
+            _last_timeout = time.monotonic()
             with contextlib.suppress(Exception):
                 self.pgconn.finish()
+            pool = getattr(self, "_pool", None)
+            if pool is not None:
+                _drain(pool)
             raise CallTimeout(
                 f"no answer from PostgreSQL within {bound:g}s; connection closed"
             ) from None
@@ -134,6 +155,10 @@ def recycle() -> int:
                 count += 1
             finally:
                 sock.detach()  # the fd stays libpq's
+    with _BUSY_LOCK:
+        pools = list(_POOLS)
+    for pool in pools:
+        _drain(pool)
     return count
 
 
@@ -164,6 +189,8 @@ class BoundedPostgresFactory(PostgresFactory):
         pool.connection_class = BoundedConnection.with_timeout(
             float(call_timeout) if call_timeout else None
         )
+        with _BUSY_LOCK:
+            _POOLS.add(pool)
 
 
 def factory_topic() -> str:

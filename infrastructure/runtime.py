@@ -175,10 +175,13 @@ async def _watch_worker(worker: Worker, settings: Settings, stop: asyncio.Event)
             what = f"a poll of {worker.in_hand} messages in hand (PostgreSQL or Kafka call)"
         else:
             what = f"waiting for Kafka records, consumer lag {lag}"
+        # Retries inside the store's append hide a failing PostgreSQL from the
+        # worker: a recent call timeout also means "a dependency is down".
+        recent_timeout = pg_timeouts.seconds_since_timeout() < settings.stall_timeout_seconds
         return Reading(
             worker.handled,
             worker.handled + worker.in_hand + lag,
-            healthy=not worker.retrying,
+            healthy=not worker.retrying and not recent_timeout,
             detail=what,
         )
 
