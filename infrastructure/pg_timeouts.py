@@ -159,6 +159,9 @@ def recycle() -> int:
         pools = list(_POOLS)
     for pool in pools:
         _drain(pool)
+    if count:  # calls were stuck: PostgreSQL counts as "in trouble" for a while
+        global _last_timeout
+        _last_timeout = time.monotonic()
     return count
 
 

@@ -75,6 +75,7 @@ class Worker:
             while not stop.is_set():
                 if self._recycle.is_set():  # the stall watchdog asked for new clients
                     self._recycle.clear()
+                    self._next.clear()  # the new member's lag is not known yet
                     await consumer.stop()
                     await producer.stop()
                     consumer, producer = await self._clients()
