@@ -60,6 +60,7 @@ sys.path.insert(0, str(ROOT))
 
 import psycopg  # noqa: E402
 import redis  # noqa: E402
+from aiokafka.errors import KafkaError  # noqa: E402
 from psycopg import sql  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
@@ -418,16 +419,31 @@ async def produce(settings: Settings, messages: list[Message], seconds: float) -
     topic = settings.topics.by_kind
     producer = make_producer(settings)
     await producer.start()
+
+    async def send(chunk: list[Message]) -> None:
+        """Send a chunk; resend what failed (a partition can time out the run's own
+        requests too: the broker advertises the proxy to every client)."""
+        for attempt in range(10):
+            try:
+                futures = [
+                    await producer.send(topic[m.kind], value=m.value, key=m.key.encode())
+                    for m in chunk
+                ]
+                results = await asyncio.gather(*futures, return_exceptions=True)
+            except KafkaError:
+                results = [KafkaError()] * len(chunk)
+            chunk = [m for m, r in zip(chunk, results, strict=True) if isinstance(r, Exception)]
+            if not chunk:
+                return
+            await asyncio.sleep(min(5.0, 0.5 * (attempt + 1)))
+        raise RuntimeError(f"{len(chunk)} messages could not be sent")
+
     try:
         pause = seconds / max(1, len(messages))
-        chunk: list[Any] = []
-        for m in messages:
-            chunk.append(await producer.send(topic[m.kind], value=m.value, key=m.key.encode()))
-            if len(chunk) >= 20:
-                await asyncio.gather(*chunk)
-                chunk = []
+        for i in range(0, len(messages), 20):
+            await send(messages[i : i + 20])
+            if i + 20 < len(messages):
                 await asyncio.sleep(pause * 20)
-        await asyncio.gather(*chunk)
     finally:
         await producer.stop()
     return len(messages)
