@@ -186,9 +186,9 @@ async def _watch_worker(worker: Worker, settings: Settings, stop: asyncio.Event)
         )
 
     async def recycle() -> None:
-        pg_timeouts.recycle()  # frees a call blocked on a silent PostgreSQL connection
-        if not worker.in_hand:  # stuck waiting for records: new Kafka clients (a rejoin)
-            worker.request_recycle()
+        # Frees a call blocked on a silent PostgreSQL connection. Kafka needs no lever:
+        # every request is bounded (KAFKA_REQUEST_TIMEOUT_MS) and aiokafka reconnects.
+        pg_timeouts.recycle()
 
     tracker = StallTracker("worker", settings.stall_timeout_seconds)
     await watch(tracker, probe, recycle, stop)

@@ -11,8 +11,8 @@ handled plus the consumer lag). Work is waiting while head > position.
   ``batchslot_stalls_total{part,action="recycled"}``, the gauge
   ``batchslot_stalled{part}`` set to 1, and the part's connections are
   recycled (sockets of PostgreSQL calls in flight are shut down, so a thread
-  blocked in a read returns; Kafka clients and LISTEN connections are
-  reopened).
+  blocked in a read returns; pools are refilled; LISTEN connections and the
+  projector's Redis connections are reopened).
 - Still no progress for another ``STALL_TIMEOUT_SECONDS`` although the part's
   dependencies answer: a CRITICAL log line, ``batchslot_stalls_total{…,
   action="exit"}``, and the process exits with status 70 so its supervisor

@@ -66,38 +66,8 @@ class Worker:
         self.retrying = False  # the last attempt failed transiently (a dependency is down)
         self._next: dict[TopicPartition, int] = {}
         self._consumer: AIOKafkaConsumer | None = None
-        self._recycle = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
-        consumer, producer = await self._clients()
-        log.info("worker started", extra={"topics": list(self.kind_of)})
-        try:
-            while not stop.is_set():
-                if self._recycle.is_set():  # the stall watchdog asked for new clients
-                    self._recycle.clear()
-                    self._next.clear()  # the new member's lag is not known yet
-                    await consumer.stop()
-                    await producer.stop()
-                    consumer, producer = await self._clients()
-                    log.warning("worker: Kafka clients recycled")
-                records = await consumer.getmany(timeout_ms=500, max_records=self.max_records)
-                if records:
-                    async with self._lock:
-                        self.in_hand = sum(len(ms) for ms in records.values())
-                        try:
-                            await self.handle(consumer, producer, records, stop)
-                        finally:
-                            self.in_hand = 0
-                    self.handled += sum(len(ms) for ms in records.values())
-                    for tp, ms in records.items():
-                        if ms:
-                            self._next[tp] = ms[-1].offset + 1
-        finally:
-            await consumer.stop()
-            await producer.stop()
-            log.info("worker stopped")
-
-    async def _clients(self) -> tuple[AIOKafkaConsumer, AIOKafkaProducer]:
         consumer = make_consumer(
             self.settings,
             group_id=self.settings.kafka_consumer_group,
@@ -110,7 +80,17 @@ class Worker:
         await consumer.start()
         await producer.start()
         self._consumer = consumer
-        return consumer, producer
+        log.info("worker started", extra={"topics": list(self.kind_of)})
+        try:
+            while not stop.is_set():
+                records = await consumer.getmany(timeout_ms=500, max_records=self.max_records)
+                if records:
+                    async with self._lock:
+                        await self.handle(consumer, producer, records, stop)
+        finally:
+            await consumer.stop()
+            await producer.stop()
+            log.info("worker stopped")
 
     def lag(self) -> int:
         """Records known to wait on this worker's partitions (from the last fetches)."""
@@ -124,10 +104,6 @@ class Worker:
                 total += max(0, high - done)
         return total
 
-    def request_recycle(self) -> None:
-        """Reopen the Kafka clients between polls (the stall watchdog's lever)."""
-        self._recycle.set()
-
     async def handle(
         self,
         consumer: AIOKafkaConsumer,
@@ -135,6 +111,7 @@ class Worker:
         records: dict[TopicPartition, list[Any]],
         stop: asyncio.Event,
     ) -> PollOutcome:
+        self.in_hand = sum(len(ms) for ms in records.values())
         commands, sources, dead = [], [], []
         for tp, messages in records.items():
             for message in messages:
@@ -151,6 +128,8 @@ class Worker:
                 dead.append(DeadLetter(message, result.reason or "REJECTED", result.detail or ""))
         await send_dead_letters(producer, self.settings.topics.dlq, dead)
         await self._commit(consumer, records)
+        self.handled, self.in_hand = self.handled + self.in_hand, 0
+        self._next.update({tp: ms[-1].offset + 1 for tp, ms in records.items() if ms})
         return PollOutcome(len(commands), len(dead))
 
     async def _execute(self, commands: list[Any], stop: asyncio.Event) -> list[Result]:
