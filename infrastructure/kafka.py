@@ -53,6 +53,12 @@ def client_kwargs(settings: Settings) -> dict[str, Any]:
         "bootstrap_servers": settings.kafka_bootstrap_servers,
         "security_protocol": settings.kafka_security_protocol,
         "client_id": settings.source_service,
+        # Every request bounded: a broker that stops answering (or a connection
+        # stranded by a failover) fails the request after KAFKA_REQUEST_TIMEOUT_MS,
+        # the connection is closed and the client reconnects (docs/faults.md).
+        "request_timeout_ms": settings.kafka_request_timeout_ms,
+        "metadata_max_age_ms": settings.kafka_metadata_max_age_ms,
+        "connections_max_idle_ms": settings.kafka_connections_max_idle_ms,
     }
     if settings.kafka_security_protocol.startswith("SASL_"):
         kwargs["sasl_mechanism"] = settings.kafka_sasl_mechanism or "PLAIN"
@@ -72,9 +78,7 @@ def producer_kwargs(settings: Settings) -> dict[str, Any]:
         "linger_ms": 5,
         "max_batch_size": MAX_BATCH_BYTES,
         "max_request_size": MAX_REQUEST_BYTES,
-        "request_timeout_ms": 30_000,
         "retry_backoff_ms": 200,
-        "metadata_max_age_ms": 60_000,
     }
 
 
@@ -92,6 +96,10 @@ def make_consumer(
         "group_id": group_id,
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",
+        # A member that stops heartbeating (stuck, or cut off) leaves the group after
+        # KAFKA_SESSION_TIMEOUT_MS and its partitions move to another worker.
+        "session_timeout_ms": settings.kafka_session_timeout_ms,
+        "heartbeat_interval_ms": max(100, settings.kafka_session_timeout_ms // 3),
         **overrides,
     }
     return AIOKafkaConsumer(*topics, **kwargs)

@@ -64,6 +64,9 @@ class LocalBroker:
     port: int = field(default_factory=free_port)
     host: str = "127.0.0.1"
     log_path: Path | None = None
+    # The address clients are told to use after bootstrap (default: the listener);
+    # a fault test puts a proxy there (tests/support/proxy.py).
+    advertised: str | None = None
     _process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -80,7 +83,7 @@ class LocalBroker:
                 "--listener-url",
                 url,
                 "--advertised-listener-url",
-                url,
+                f"tcp://{self.advertised}" if self.advertised else url,
                 "--storage-engine",
                 "memory://tansu/",
             ],

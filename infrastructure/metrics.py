@@ -50,3 +50,15 @@ def serve(port: int | None) -> None:
     """Expose /metrics on the given port (no-op when unset)."""
     if port is not None:
         start_http_server(port, addr="0.0.0.0")  # noqa: S104 - scraped from outside
+
+
+STALLS = Counter(
+    "batchslot_stalls_total",
+    "Stall watchdog actions by part (worker, projector, outbox): recycled, exit.",
+    ["part", "action"],
+)
+STALLED = Gauge(
+    "batchslot_stalled",
+    "1 while the part has work waiting and made no progress for STALL_TIMEOUT_SECONDS.",
+    ["part"],
+)

@@ -55,7 +55,7 @@ from eventsourcing.application import Application
 from eventsourcing.persistence import IntegrityError, Notification, Tracking
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresTrackingRecorder
 
-from infrastructure import metrics
+from infrastructure import metrics, pg_timeouts
 from infrastructure.bootstrap import Bootstrap
 from infrastructure.kafka import ensure_topics, make_producer, producer_kwargs
 from infrastructure.outbox_parking import ParkingLot
@@ -151,6 +151,8 @@ class Outbox:
         self._recorded_at = 0.0
         self._record_lock = asyncio.Lock()
         self._next_parked_retry = 0.0
+        self.published: int | None = None  # last position recorded (for the stall watchdog)
+        self._listener: Listener | None = None
 
     # ------------------------------------------------------------- position
 
@@ -166,7 +168,7 @@ class Outbox:
 
     async def publish_once(self) -> int:
         """Publish the next page; return how many events it held (0: caught up)."""
-        position = await asyncio.to_thread(self.position)
+        position = self.published = await asyncio.to_thread(self.position)
         page = await asyncio.to_thread(
             self._events.select_notifications,
             position,
@@ -215,6 +217,7 @@ class Outbox:
                 return
             await asyncio.to_thread(self._record, position)
             self._recorded, self._recorded_at = position, time.monotonic()
+            self.published = position
 
     async def _park(
         self, items: list[tuple[int, OutboundMessage]], reason: str, tries: int
@@ -382,13 +385,22 @@ class Outbox:
         if producer is not None:
             await producer.stop()
 
+    async def recycle(self) -> None:
+        """The stall watchdog's lever: free calls blocked on a silent PostgreSQL
+        connection and reopen the LISTEN connection (Kafka requests are bounded
+        by KAFKA_REQUEST_TIMEOUT_MS, after which the producer is reopened)."""
+        pg_timeouts.recycle()
+        if self._listener is not None:
+            await self._listener.close()
+
     # --------------------------------------------------------------- loop
 
     async def run(self, stop: asyncio.Event) -> None:
         """Publish until ``stop`` is set; wake on NOTIFY, retry failures with backoff."""
-        listener = Listener(self.settings, self._events.channel_name)
+        listener = self._listener = Listener(self.settings, self._events.channel_name)
         delay = self.backoff[0]
-        log.info("outbox starting at position %d, topic %s", self.position(), self.topic)
+        self.published = self.position()
+        log.info("outbox starting at position %d, topic %s", self.published, self.topic)
         try:
             while not stop.is_set():
                 try:

@@ -16,6 +16,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from infrastructure.pg_timeouts import libpq_bounds
 from infrastructure.postgres import conninfo
 from infrastructure.settings import Settings
 
@@ -31,24 +32,24 @@ class Listener:
     """
 
     def __init__(self, settings: Settings, channel: str) -> None:
-        self._info = conninfo(settings)
+        self._info = {**conninfo(settings), **libpq_bounds(settings)}
+        self._deadline = settings.database_call_deadline_seconds
         self._channel = channel
         self._conn: psycopg.AsyncConnection[Any] | None = None
 
     async def wait(self, timeout: float) -> None:
         try:
             if self._conn is None:  # (re)connect, then return: events may have been missed
-                conn = await psycopg.AsyncConnection.connect(
-                    **self._info, autocommit=True, connect_timeout=5
-                )
+                conn = await psycopg.AsyncConnection.connect(**self._info, autocommit=True)
                 self._conn = conn
-                await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
+                listen = sql.SQL("LISTEN {}").format(sql.Identifier(self._channel))
+                await asyncio.wait_for(conn.execute(listen), self._deadline)
                 return
             async for _ in self._conn.notifies(timeout=timeout, stop_after=1):
                 break
             async for _ in self._conn.notifies(timeout=0):  # drain the backlog
                 pass
-        except psycopg.Error as e:
+        except (psycopg.Error, TimeoutError) as e:
             log.warning("LISTEN connection failed (%s); falling back to timeout", type(e).__name__)
             await self.close()
             await asyncio.sleep(min(timeout, 1.0))

@@ -18,6 +18,7 @@ import psycopg
 from psycopg import sql
 
 from infrastructure.pg_recorder import recorder_topic
+from infrastructure.pg_timeouts import BoundedConnection, factory_env, factory_topic, libpq_bounds
 from infrastructure.settings import Settings
 
 # libpq reads these from the environment; DATABASE_URL's query string sets them.
@@ -56,7 +57,10 @@ def event_store_env(settings: Settings) -> dict[str, str]:
         if key in info:
             os.environ[var] = str(info[key])
     return {
-        "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        # The library's factory, with keepalives, tcp_user_timeout, statement_timeout
+        # and a client-side call deadline on every pooled connection (pg_timeouts.py).
+        "PERSISTENCE_MODULE": factory_topic(),
+        **factory_env(settings),
         "POSTGRES_DBNAME": info["dbname"],
         "POSTGRES_HOST": str(info["host"]),
         "POSTGRES_PORT": str(info["port"]),
@@ -67,7 +71,8 @@ def event_store_env(settings: Settings) -> dict[str, str]:
         "POSTGRES_MAX_OVERFLOW": str(settings.database_pool_size),
         "POSTGRES_LOCK_TIMEOUT": str(settings.database_lock_timeout_seconds),
         "POSTGRES_IDLE_IN_TRANSACTION_SESSION_TIMEOUT": "10",
-        "POSTGRES_CONNECT_TIMEOUT": "5",
+        # The library passes this to its pool as the checkout timeout.
+        "POSTGRES_CONNECT_TIMEOUT": str(settings.database_pool_timeout_seconds),
         # No "SELECT 1" before every statement (a round trip each): a broken connection
         # fails the statement instead, and every caller retries transient failures.
         "POSTGRES_PRE_PING": "n",
@@ -83,18 +88,18 @@ def ensure_database(settings: Settings) -> None:
     """Create the database and schema on first use (idempotent)."""
     info = conninfo(settings)
     try:
-        psycopg.connect(**info, connect_timeout=5).close()
+        psycopg.connect(**info, **libpq_bounds(settings)).close()
     except psycopg.OperationalError as e:
         if "does not exist" not in str(e):
             raise
         admin = {**info, "dbname": "postgres"}
         with (
-            psycopg.connect(**admin, autocommit=True) as conn,
+            psycopg.connect(**admin, **libpq_bounds(settings), autocommit=True) as conn,
             contextlib.suppress(psycopg.errors.DuplicateDatabase),
         ):
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(info["dbname"])))
     if settings.database_schema != "public":
-        with psycopg.connect(**info, autocommit=True) as conn:
+        with psycopg.connect(**info, **libpq_bounds(settings), autocommit=True) as conn:
             conn.execute(
                 sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
                     sql.Identifier(settings.database_schema)
@@ -103,4 +108,7 @@ def ensure_database(settings: Settings) -> None:
 
 
 def connect(settings: Settings) -> psycopg.Connection[Any]:
-    return psycopg.connect(**conninfo(settings), connect_timeout=5)
+    """A direct connection with the same bounds as the event store's pool."""
+    return BoundedConnection.with_timeout(settings.database_call_deadline_seconds).connect(
+        **conninfo(settings), **libpq_bounds(settings)
+    )

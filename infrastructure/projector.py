@@ -28,7 +28,7 @@ import redis
 from eventsourcing.persistence import InterfaceError, Notification, OperationalError, Tracking
 
 from application.service import BatchService
-from infrastructure import metrics
+from infrastructure import metrics, pg_timeouts
 from infrastructure.bootstrap import Bootstrap
 from infrastructure.rebuild import RebuildSummary, rebuild
 from infrastructure.redis_view import PositionLost, RedisSlotView
@@ -79,6 +79,7 @@ class Projector:
         self._streak = 0  # replays from 0 in a row that did not finish catching up
         self._thread: threading.Thread | None = None
         self.error: BaseException | None = None
+        self.applied: int | None = None  # the last position applied (for the stall watchdog)
 
     def start(self) -> Projector:
         self._thread = threading.Thread(target=self._main, name="slot-projector", daemon=True)
@@ -93,6 +94,16 @@ class Projector:
         if self._thread is not None:
             self._thread.join(timeout)
         self.close()
+
+    def recycle(self) -> None:
+        """The stall watchdog's lever: end the live subscription (its LISTEN connection
+        may be stranded) and free calls blocked on a silent connection; ``run`` then
+        catches up with fresh connections and subscribes again."""
+        with self._lock:
+            if self._subscription is not None:
+                self._subscription.stop()
+        pg_timeouts.recycle()
+        self.view.client.connection_pool.disconnect(inuse_connections=True)
 
     def close(self) -> None:
         if self._owned[0]:
@@ -154,6 +165,7 @@ class Projector:
         recorder = self.service.recorder
         position = None if from_zero else self.view.position()
         self._check_ahead(position)
+        self.applied = position or 0
         while not stop.is_set():  # catch up, one page per round trip
             page = recorder.select_notifications(
                 start=position or 0, limit=self.page_size, inclusive_of_start=False
@@ -197,7 +209,9 @@ class Projector:
             return after
         name, mapper = self.service.name, self.service.mapper
         events = [(mapper.to_domain_event(n), Tracking(name, n.id)) for n in notifications]
-        return self.view.apply(events, after)
+        position = self.view.apply(events, after)
+        self.applied = position
+        return position
 
     def _watch(self, subscription: Any, stop: threading.Event, done: threading.Event) -> None:
         """Stop the subscription on ``stop``, or when the position vanishes while idle."""

@@ -14,6 +14,8 @@ from typing import Any, cast
 
 import redis
 from eventsourcing.persistence import IntegrityError, Tracking, TrackingRecorder
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from infrastructure import redis_scripts as lua
 from infrastructure.settings import Settings
@@ -53,7 +55,19 @@ class RedisSlotView(TrackingRecorder):
     @classmethod
     def from_settings(cls, settings: Settings) -> RedisSlotView:
         url = settings.redis_url.get_secret_value()
-        client = redis.Redis.from_url(url, decode_responses=True, health_check_interval=30)
+        # Every call bounded: a silent Redis (or a connection stranded by a failover)
+        # raises redis.TimeoutError within REDIS_SOCKET_TIMEOUT_SECONDS; the call is
+        # retried on a fresh connection, then the caller's transient handling takes over.
+        client = redis.Redis.from_url(
+            url,
+            decode_responses=True,
+            socket_timeout=settings.redis_socket_timeout_seconds,
+            socket_connect_timeout=settings.redis_connect_timeout_seconds,
+            socket_keepalive=True,
+            health_check_interval=settings.redis_health_check_interval_seconds,
+            retry=Retry(ExponentialBackoff(cap=1.0, base=0.1), retries=2),
+            retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+        )
         return cls(client, settings.redis_key_prefix)
 
     def shadow(self, token: str) -> RedisSlotView:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from application.service import BatchService
-from infrastructure import metrics
+from infrastructure import metrics, pg_timeouts
 from infrastructure.bootstrap import Bootstrap
 from infrastructure.kafka import ensure_topics
 from infrastructure.local_broker import BrokerUnavailable, LocalBroker, answers, first_address
@@ -26,6 +26,7 @@ from infrastructure.projector import Projector
 from infrastructure.redis_view import RedisSlotView
 from infrastructure.settings import Settings
 from infrastructure.sweep import run_sweep
+from infrastructure.watchdog import Reading, StallTracker, watch
 from infrastructure.worker import Worker
 
 log = logging.getLogger("batchslot.runtime")
@@ -84,13 +85,17 @@ async def serve(settings: Settings, parts: Parts, stop: asyncio.Event | None = N
     jobs: list[Coroutine[Any, Any, None]] = [_report_lag(service, view, outbox, stop)]
     if outbox is not None:
         jobs.append(outbox.run(stop))
+        jobs.append(_watch_outbox(outbox, service, settings, stop))
     if parts.worker:
-        jobs.append(Worker(settings, service).run(stop))
+        worker = Worker(settings, service)
+        jobs.append(worker.run(stop))
+        jobs.append(_watch_worker(worker, settings, stop))
     if parts.sweep:
         jobs.append(run_sweep(service, view, settings.sweep_interval_seconds, stop))
     if projector is not None:
         projector.start()
         jobs.append(_watch_projector(projector, stop))
+        jobs.append(_watch_projector_progress(projector, service, settings, stop))
     log.info("service started", extra={"parts": vars(parts), "settings": settings.redacted()})
     tasks = [asyncio.create_task(job) for job in jobs]
     try:
@@ -154,3 +159,73 @@ async def _report_lag(
             log.debug("lag probe failed", extra={"error": repr(e)[:200]})
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=2.0)
+
+
+# ------------------------------------------------------------ stall watchdogs
+
+
+async def _store_head(service: BatchService) -> int:
+    return await asyncio.to_thread(service.recorder.max_notification_id) or 0
+
+
+async def _watch_worker(worker: Worker, settings: Settings, stop: asyncio.Event) -> None:
+    async def probe() -> Reading:
+        lag = worker.lag()
+        if worker.in_hand:
+            what = f"a poll of {worker.in_hand} messages in hand (PostgreSQL or Kafka call)"
+        else:
+            what = f"waiting for Kafka records, consumer lag {lag}"
+        # Retries inside the store's append hide a failing PostgreSQL from the
+        # worker: a recent call timeout also means "a dependency is down".
+        recent_timeout = pg_timeouts.seconds_since_timeout() < settings.stall_timeout_seconds
+        return Reading(
+            worker.handled,
+            worker.handled + worker.in_hand + lag,
+            healthy=not worker.retrying and not recent_timeout,
+            detail=what,
+        )
+
+    async def recycle() -> None:
+        # Frees a call blocked on a silent PostgreSQL connection. Kafka needs no lever:
+        # every request is bounded (KAFKA_REQUEST_TIMEOUT_MS) and aiokafka reconnects.
+        pg_timeouts.recycle()
+
+    tracker = StallTracker("worker", settings.stall_timeout_seconds)
+    await watch(tracker, probe, recycle, stop)
+
+
+async def _watch_projector_progress(
+    projector: Projector, service: BatchService, settings: Settings, stop: asyncio.Event
+) -> None:
+    async def probe() -> Reading:
+        head = await _store_head(service)
+        position = projector.applied
+        return Reading(
+            position,
+            head,
+            detail=f"projected up to {position}, store head {head}: waiting on PostgreSQL "
+            "(notifications or a read) or Redis",
+        )
+
+    async def recycle() -> None:
+        await asyncio.to_thread(projector.recycle)
+
+    tracker = StallTracker("projector", settings.stall_timeout_seconds)
+    await watch(tracker, probe, recycle, stop)
+
+
+async def _watch_outbox(
+    outbox: Outbox, service: BatchService, settings: Settings, stop: asyncio.Event
+) -> None:
+    async def probe() -> Reading:
+        head = await _store_head(service)
+        position = outbox.published
+        return Reading(
+            position,
+            head,
+            detail=f"published up to {position}, store head {head}: waiting on PostgreSQL "
+            "or a Kafka acknowledgement",
+        )
+
+    tracker = StallTracker("outbox", settings.stall_timeout_seconds)
+    await watch(tracker, probe, outbox.recycle, stop)

@@ -55,8 +55,20 @@ class Settings(BaseModel):
     database_schema: str = Field(default="public", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
     database_pool_size: int = Field(default=5, ge=1, le=100)
     database_lock_timeout_seconds: int = Field(default=5, ge=1, le=600)
+    # Bounds on every PostgreSQL connection (infrastructure/pg_timeouts.py, docs/faults.md).
+    database_connect_timeout_seconds: int = Field(default=5, ge=1, le=600)
+    database_pool_timeout_seconds: int = Field(default=10, ge=1, le=600)
+    database_statement_timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
+    database_call_timeout_seconds: float | None = Field(default=None, gt=0, le=3600)
+    database_tcp_user_timeout_seconds: float = Field(default=10.0, ge=0, le=600)
+    database_keepalives_idle_seconds: int = Field(default=5, ge=1, le=3600)
+    database_keepalives_interval_seconds: int = Field(default=2, ge=1, le=600)
+    database_keepalives_count: int = Field(default=3, ge=1, le=100)
     redis_url: SecretStr = SecretStr(DEFAULT_REDIS_URL)
     redis_key_prefix: str = Field(default="", pattern=r"^[A-Za-z0-9._:-]{0,64}$")
+    redis_socket_timeout_seconds: float = Field(default=5.0, gt=0, le=600)
+    redis_connect_timeout_seconds: float = Field(default=5.0, gt=0, le=600)
+    redis_health_check_interval_seconds: int = Field(default=10, ge=0, le=3600)
     kafka_bootstrap_servers: str = DEFAULT_KAFKA
     kafka_bootstrap_explicit: bool = False
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
@@ -68,11 +80,18 @@ class Settings(BaseModel):
     kafka_topic_partitions: int = Field(default=3, ge=1, le=1000)
     # Only for brokers that support the idempotent producer (Tansu does not).
     kafka_enable_idempotence: bool = False
+    # Client-side bounds on every Kafka request (infrastructure/kafka.py, docs/faults.md).
+    kafka_request_timeout_ms: int = Field(default=30_000, ge=1000, le=600_000)
+    kafka_session_timeout_ms: int = Field(default=10_000, ge=1000, le=600_000)
+    kafka_metadata_max_age_ms: int = Field(default=60_000, ge=1000, le=3_600_000)
+    kafka_connections_max_idle_ms: int = Field(default=540_000, ge=1000, le=3_600_000)
     topics: Topics = Topics()
     batch_timeout_seconds: int = Field(default=86400, ge=1)
     pending_ttl_seconds: int = Field(default=86400, ge=1)
     sweep_interval_seconds: float = Field(default=30.0, gt=0)
     startup_timeout_seconds: float = Field(default=60.0, ge=0)
+    # The stall watchdog (infrastructure/watchdog.py): work waiting, no progress.
+    stall_timeout_seconds: float = Field(default=60.0, gt=0, le=86400)
     aggregate_cache_size: int = Field(default=10000, ge=0)
     source_service: str = "batch-slot-service"
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
@@ -95,6 +114,14 @@ class Settings(BaseModel):
             raise ValueError("must look like redis://[user:password@]host:6379/0")
         return v
 
+    @property
+    def database_call_deadline_seconds(self) -> float:
+        """Client-side bound on one PostgreSQL call: the server's statement_timeout
+        plus a margin, unless DATABASE_CALL_TIMEOUT_SECONDS says otherwise."""
+        if self.database_call_timeout_seconds is not None:
+            return self.database_call_timeout_seconds
+        return self.database_statement_timeout_seconds + 5.0
+
     def redacted(self) -> dict[str, object]:
         """Settings safe to log: passwords replaced by ***."""
         data = self.model_dump(mode="json", exclude={"kafka_sasl_password"})
@@ -116,8 +143,19 @@ _ENV: dict[str, str] = {
     "DATABASE_SCHEMA": "database_schema",
     "DATABASE_POOL_SIZE": "database_pool_size",
     "DATABASE_LOCK_TIMEOUT_SECONDS": "database_lock_timeout_seconds",
+    "DATABASE_CONNECT_TIMEOUT_SECONDS": "database_connect_timeout_seconds",
+    "DATABASE_POOL_TIMEOUT_SECONDS": "database_pool_timeout_seconds",
+    "DATABASE_STATEMENT_TIMEOUT_SECONDS": "database_statement_timeout_seconds",
+    "DATABASE_CALL_TIMEOUT_SECONDS": "database_call_timeout_seconds",
+    "DATABASE_TCP_USER_TIMEOUT_SECONDS": "database_tcp_user_timeout_seconds",
+    "DATABASE_KEEPALIVES_IDLE_SECONDS": "database_keepalives_idle_seconds",
+    "DATABASE_KEEPALIVES_INTERVAL_SECONDS": "database_keepalives_interval_seconds",
+    "DATABASE_KEEPALIVES_COUNT": "database_keepalives_count",
     "REDIS_URL": "redis_url",
     "REDIS_KEY_PREFIX": "redis_key_prefix",
+    "REDIS_SOCKET_TIMEOUT_SECONDS": "redis_socket_timeout_seconds",
+    "REDIS_CONNECT_TIMEOUT_SECONDS": "redis_connect_timeout_seconds",
+    "REDIS_HEALTH_CHECK_INTERVAL_SECONDS": "redis_health_check_interval_seconds",
     "KAFKA_BOOTSTRAP_SERVERS": "kafka_bootstrap_servers",
     "KAFKA_SECURITY_PROTOCOL": "kafka_security_protocol",
     "KAFKA_SASL_MECHANISM": "kafka_sasl_mechanism",
@@ -127,10 +165,15 @@ _ENV: dict[str, str] = {
     "KAFKA_CONSUMER_GROUP": "kafka_consumer_group",
     "KAFKA_TOPIC_PARTITIONS": "kafka_topic_partitions",
     "KAFKA_ENABLE_IDEMPOTENCE": "kafka_enable_idempotence",
+    "KAFKA_REQUEST_TIMEOUT_MS": "kafka_request_timeout_ms",
+    "KAFKA_SESSION_TIMEOUT_MS": "kafka_session_timeout_ms",
+    "KAFKA_METADATA_MAX_AGE_MS": "kafka_metadata_max_age_ms",
+    "KAFKA_CONNECTIONS_MAX_IDLE_MS": "kafka_connections_max_idle_ms",
     "BATCH_TIMEOUT_SECONDS": "batch_timeout_seconds",
     "PENDING_TTL_SECONDS": "pending_ttl_seconds",
     "SWEEP_INTERVAL_SECONDS": "sweep_interval_seconds",
     "STARTUP_TIMEOUT_SECONDS": "startup_timeout_seconds",
+    "STALL_TIMEOUT_SECONDS": "stall_timeout_seconds",
     "AGGREGATE_CACHE_SIZE": "aggregate_cache_size",
     "SOURCE_SERVICE": "source_service",
     "METRICS_PORT": "metrics_port",

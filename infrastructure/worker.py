@@ -61,6 +61,12 @@ class Worker:
             for kind, topic in settings.topics.by_kind.items()
         }
         self._lock = asyncio.Lock()
+        # For the stall watchdog (infrastructure/watchdog.py): progress and lag.
+        self.handled = 0  # messages handled (recorded, no-op or dead-lettered)
+        self.in_hand = 0  # messages of the poll being handled now
+        self.retrying = False  # the last attempt failed transiently (a dependency is down)
+        self._next: dict[TopicPartition, int] = {}
+        self._consumer: AIOKafkaConsumer | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         consumer = make_consumer(
@@ -74,6 +80,7 @@ class Worker:
         producer = make_producer(self.settings, max_request_size=DLQ_MAX_REQUEST_BYTES)
         await consumer.start()
         await producer.start()
+        self._consumer = consumer
         log.info("worker started", extra={"topics": list(self.kind_of)})
         try:
             while not stop.is_set():
@@ -86,6 +93,18 @@ class Worker:
             await producer.stop()
             log.info("worker stopped")
 
+    def lag(self) -> int:
+        """Records known to wait on this worker's partitions (from the last fetches)."""
+        consumer = self._consumer
+        if consumer is None:
+            return 0
+        total = 0
+        for tp in consumer.assignment():
+            high, done = consumer.highwater(tp), self._next.get(tp)
+            if high is not None and done is not None:
+                total += max(0, high - done)
+        return total
+
     async def handle(
         self,
         consumer: AIOKafkaConsumer,
@@ -93,6 +112,7 @@ class Worker:
         records: dict[TopicPartition, list[Any]],
         stop: asyncio.Event,
     ) -> PollOutcome:
+        self.in_hand = sum(len(ms) for ms in records.values())
         commands, sources, dead = [], [], []
         for tp, messages in records.items():
             for message in messages:
@@ -109,6 +129,8 @@ class Worker:
                 dead.append(DeadLetter(message, result.reason or "REJECTED", result.detail or ""))
         await send_dead_letters(producer, self.settings.topics.dlq, dead)
         await self._commit(consumer, records)
+        self.handled, self.in_hand = self.handled + self.in_hand, 0
+        self._next.update({tp: ms[-1].offset + 1 for tp, ms in records.items() if ms})
         return PollOutcome(len(commands), len(dead))
 
     async def _execute(self, commands: list[Any], stop: asyncio.Event) -> list[Result]:
@@ -136,8 +158,11 @@ class Worker:
         delay = 0.1
         while True:
             try:
-                return await asyncio.to_thread(self.service.execute, commands)
+                results = await asyncio.to_thread(self.service.execute, commands)
+                self.retrying = False
+                return results
             except TRANSIENT as e:
+                self.retrying = True
                 metrics.TRANSIENT.labels("execute").inc()
                 log.warning("transient failure, retrying", extra={"error": type(e).__name__})
                 if stop.is_set():

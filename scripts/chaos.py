@@ -11,6 +11,11 @@ prefix, topic names and consumer group. Feeds a shuffled, duplicated scenario
 - ``restart_postgres``: ``pg_ctlcluster ... restart`` (the machine's server);
 - ``flush_redis``: delete every key of this run's prefix (the projector must notice);
 - ``restart_redis``: restart the machine's Redis (memory only: it comes back empty);
+- ``partition_<postgres|redis|kafka>_<reset|stranded>`` (only with ``--kinds``):
+  the fleet reaches that dependency through a partition proxy
+  (``tests/support/proxy.py``); nothing flows for 3-6 s, then the held
+  connections are reset, or left open and silent forever (stranded) while new
+  ones pass. Short client timeouts are set for the fleet.
 - ``restart_broker``: only after all input was consumed and the outbox caught
   up (Tansu loses every topic, message and offset on restart); then the topics
   are re-created, the outbox must NOT republish, and a tail of new batches
@@ -28,6 +33,8 @@ times per fault kind. Exit 1 on any violation, 2 on a setup problem.
 
     python scripts/chaos.py --seed 7 --batches 300 --faults 24
     python scripts/chaos.py --quick
+    python scripts/chaos.py --quick --no-broker-restart --faults 6 \
+        --kinds partition_postgres_stranded,partition_redis_stranded,partition_kafka_stranded
 """
 
 from __future__ import annotations
@@ -53,6 +60,7 @@ sys.path.insert(0, str(ROOT))
 
 import psycopg  # noqa: E402
 import redis  # noqa: E402
+from aiokafka.errors import KafkaError  # noqa: E402
 from psycopg import sql  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
@@ -81,6 +89,20 @@ FAULT_KINDS = (
     "kill_outbox",
     "kill_projector",
 )
+PARTITION_KINDS = tuple(
+    f"partition_{dependency}_{heal}"
+    for dependency in ("postgres", "redis", "kafka")
+    for heal in ("reset", "stranded")
+)
+# The fleet's bounds when a partition kind is in the run (seconds, not minutes).
+PARTITION_TIMEOUTS = {
+    "DATABASE_STATEMENT_TIMEOUT_SECONDS": "5",
+    "DATABASE_CALL_TIMEOUT_SECONDS": "6",
+    "REDIS_SOCKET_TIMEOUT_SECONDS": "3",
+    "KAFKA_REQUEST_TIMEOUT_MS": "6000",
+    "KAFKA_METADATA_MAX_AGE_MS": "10000",
+    "STALL_TIMEOUT_SECONDS": "10",
+}
 # fmt: off
 REDIS_START = [
     "redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "-::1", "--port", "6379",
@@ -400,16 +422,31 @@ async def produce(settings: Settings, messages: list[Message], seconds: float) -
     topic = settings.topics.by_kind
     producer = make_producer(settings)
     await producer.start()
+
+    async def send(chunk: list[Message]) -> None:
+        """Send a chunk; resend what failed (a partition can time out the run's own
+        requests too: the broker advertises the proxy to every client)."""
+        for attempt in range(10):
+            try:
+                futures = [
+                    await producer.send(topic[m.kind], value=m.value, key=m.key.encode())
+                    for m in chunk
+                ]
+                results = await asyncio.gather(*futures, return_exceptions=True)
+            except KafkaError:
+                results = [KafkaError()] * len(chunk)
+            chunk = [m for m, r in zip(chunk, results, strict=True) if isinstance(r, Exception)]
+            if not chunk:
+                return
+            await asyncio.sleep(min(5.0, 0.5 * (attempt + 1)))
+        raise RuntimeError(f"{len(chunk)} messages could not be sent")
+
     try:
         pause = seconds / max(1, len(messages))
-        chunk: list[Any] = []
-        for m in messages:
-            chunk.append(await producer.send(topic[m.kind], value=m.value, key=m.key.encode()))
-            if len(chunk) >= 20:
-                await asyncio.gather(*chunk)
-                chunk = []
+        for i in range(0, len(messages), 20):
+            await send(messages[i : i + 20])
+            if i + 20 < len(messages):
                 await asyncio.sleep(pause * 20)
-        await asyncio.gather(*chunk)
     finally:
         await producer.stop()
     return len(messages)
@@ -517,6 +554,7 @@ class ChaosRun:
         self.tail: Scenario | None = None
         self.head_at_broker_restart = 1 << 62  # no restart: every event is "before"
         self.tap_base = 1 << 62
+        self.proxies: dict[str, Any] = {}  # dependency -> ProxyThread (partition kinds only)
 
     # -------------------------------------------------------------- set-up
 
@@ -543,7 +581,31 @@ class ChaosRun:
             "PYTHONUNBUFFERED": "1",
         }
         self.settings = load_settings(self.env)
+        if any(k in PARTITION_KINDS for k in self.o.kinds):
+            self._through_proxies()
         return self.settings
+
+    def _through_proxies(self) -> None:
+        """The fleet reaches every dependency through a partition proxy; the run's own
+        checks go direct (except Kafka: the broker advertises its proxy to everyone)."""
+        from urllib.parse import urlsplit, urlunsplit
+
+        from tests.support.proxy import ProxyThread
+
+        def via(url: str, default_port: int, name: str) -> str:
+            parts = urlsplit(url)
+            proxy = ProxyThread(parts.hostname or "127.0.0.1", parts.port or default_port).start()
+            self.proxies[name] = proxy
+            netloc = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
+            return urlunsplit(parts._replace(netloc=f"{netloc}127.0.0.1:{proxy.port}"))
+
+        self.env["DATABASE_URL"] = via(self.env["DATABASE_URL"], 5432, "postgres")
+        self.env["REDIS_URL"] = via(self.env["REDIS_URL"], 6379, "redis")
+        kafka = ProxyThread(self.broker.host, self.broker.port).start()
+        self.proxies["kafka"] = kafka
+        self.broker.advertised = kafka.address
+        self.env["KAFKA_BOOTSTRAP_SERVERS"] = kafka.address
+        self.env.update(PARTITION_TIMEOUTS)
 
     def elapsed(self) -> float:
         return time.monotonic() - self.t0
@@ -566,6 +628,8 @@ class ChaosRun:
         target = {"kill_projector": "projector", "kill_outbox": "outbox"}.get(
             kind, self.rng.choice(workers) if "worker" in kind else "server"
         )
+        if kind in PARTITION_KINDS:
+            target = kind.split("_")[1]
         record = FaultRecord(kind, target, round(self.elapsed(), 1))
         console.print(f"[yellow]{record.at:6.1f}s fault[/] {kind} {target}")
         start = time.monotonic()
@@ -588,6 +652,13 @@ class ChaosRun:
             record.note = f"{flush_prefix(s)} keys deleted"
         elif kind == "restart_redis":
             restart_redis()
+        elif kind in PARTITION_KINDS:
+            _, dependency, heal = kind.split("_")
+            proxy = self.proxies[dependency]
+            proxy.partition()
+            time.sleep(self.rng.uniform(3.0, 6.0))
+            held = proxy.heal(reset=heal == "reset")
+            record.note = f"{held} connections {'reset' if heal == 'reset' else 'stranded'}"
         record.repaired_after = round(time.monotonic() - start, 2)
         return record
 
@@ -965,6 +1036,8 @@ class ChaosRun:
             fleet.stop_all()
             service.close()
             self.broker.stop()
+            for proxy in self.proxies.values():
+                proxy.stop()
             ensure_servers_running(s)
             if not self.o.keep:
                 cleanup(s)
@@ -1074,7 +1147,10 @@ def parse_args(argv: list[str] | None = None) -> Options:
     p.add_argument("--keep", action="store_true", help="keep the schema and Redis keys")
     p.add_argument(
         "--kinds",
-        help="comma-separated fault kinds to draw from (default: all): " + ",".join(FAULT_KINDS),
+        help="comma-separated fault kinds to draw from (default: "
+        + ",".join(FAULT_KINDS)
+        + "); also: "
+        + ",".join(PARTITION_KINDS),
     )
     a = p.parse_args(argv)
     base = Options.quick(a.seed) if a.quick else Options(seed=a.seed)
@@ -1083,17 +1159,17 @@ def parse_args(argv: list[str] | None = None) -> Options:
         "keep": a.keep,
         "broker_restart": not a.no_broker_restart,
     }
+    if a.kinds:
+        kinds = tuple(k.strip() for k in a.kinds.split(",") if k.strip())
+        unknown = [k for k in kinds if k not in (*FAULT_KINDS, *PARTITION_KINDS)]
+        if unknown or not kinds:
+            p.error(f"unknown fault kinds: {', '.join(unknown) or '(none)'}")
+        changes["kinds"] = kinds
     for name in ("batches", "faults", "workers", "time_limit"):
         if getattr(a, name) is not None:
             changes[name] = getattr(a, name)
     if "faults" in changes and not a.quick:
         changes["feed_seconds"] = max(base.feed_seconds, 4.0 * changes["faults"])
-    if a.kinds:
-        kinds = tuple(k.strip() for k in a.kinds.split(",") if k.strip())
-        unknown = [k for k in kinds if k not in FAULT_KINDS]
-        if unknown or not kinds:
-            p.error(f"--kinds: unknown fault kinds {unknown}; choose from {','.join(FAULT_KINDS)}")
-        changes["kinds"] = kinds
     options = Options(**{**asdict(base), **changes})
     if options.faults < 1 or options.batches < 1 or options.workers < 1:
         p.error("--faults, --batches and --workers must be at least 1")
