@@ -3,9 +3,12 @@
 One poll at a time: every message is parsed (invalid ones are dead-lettered),
 the poll's commands are decided together (one load and one append per batch),
 rejected commands are dead-lettered, and only then are the offsets committed.
-Transient failures (PostgreSQL restart, too many version conflicts) are
-retried with backoff and never reach the DLQ; nothing is committed until the
-poll's commands are durably recorded or known to be no-ops.
+Transient failures (any failure of PostgreSQL, Redis or Kafka: a restart, a
+read-only store, a full disk; too many version conflicts; see
+``infrastructure/transient.py``) are retried with backoff and never reach the
+DLQ; nothing is committed until the poll's commands are durably recorded or
+known to be no-ops. Any other exception is blamed on a message
+(``PROCESSING_ERROR``) only if the store answers a write-capable probe.
 """
 
 from __future__ import annotations
@@ -17,17 +20,16 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError
-from eventsourcing.persistence import InterfaceError, OperationalError
 
 from application.messages import InvalidMessage, TopicKind, parse_message
-from application.service import BatchService, ConcurrencyExhausted, Result
+from application.service import BatchService, Result
 from infrastructure import metrics
 from infrastructure.dlq import DLQ_MAX_REQUEST_BYTES, DeadLetter, send_dead_letters
 from infrastructure.kafka import make_consumer, make_producer
 from infrastructure.settings import Settings
+from infrastructure.transient import TRANSIENT, DependencyDown, is_transient, store_writable
 
 log = logging.getLogger("batchslot.worker")
-TRANSIENT = (OperationalError, InterfaceError, ConcurrencyExhausted, TimeoutError)
 
 
 @dataclass
@@ -136,11 +138,13 @@ class Worker:
         while True:
             try:
                 return await asyncio.to_thread(self.service.execute, commands)
-            except TRANSIENT as e:
+            except Exception as e:
+                if not is_transient(e) and await asyncio.to_thread(store_writable, self.service):
+                    raise  # the store is healthy: the commands' own fault
                 metrics.TRANSIENT.labels("execute").inc()
                 log.warning("transient failure, retrying", extra={"error": type(e).__name__})
                 if stop.is_set():
-                    raise
+                    raise DependencyDown(f"stopping while the store fails: {e!r}"[:300]) from e
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
