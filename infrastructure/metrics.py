@@ -16,6 +16,11 @@ CONFLICTS = Counter(
     "batchslot_version_conflicts_total", "Appends that lost the race and were retried."
 )
 DLQ = Counter("batchslot_dlq_messages_total", "Messages sent to the dead-letter topic.", ["reason"])
+UNDECODABLE = Counter(
+    "batchslot_undecodable_batches_total",
+    "Inbound record batches that could not be decoded, dead-lettered and skipped.",
+    ["topic"],
+)
 TRANSIENT = Counter(
     "batchslot_transient_failures_total", "Transient failures retried with backoff.", ["where"]
 )

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from application.messages import InvalidMessage, TopicKind, parse_message
 from application.service import BatchService, Result
@@ -28,6 +28,7 @@ from infrastructure.dlq import DLQ_MAX_REQUEST_BYTES, DeadLetter, send_dead_lett
 from infrastructure.kafka import make_consumer, make_producer
 from infrastructure.settings import Settings
 from infrastructure.transient import TRANSIENT, DependencyDown, is_transient, store_writable
+from infrastructure.undecodable import is_decode_error, scan_partition
 
 log = logging.getLogger("batchslot.worker")
 
@@ -78,7 +79,14 @@ class Worker:
         log.info("worker started", extra={"topics": list(self.kind_of)})
         try:
             while not stop.is_set():
-                records = await consumer.getmany(timeout_ms=500, max_records=self.max_records)
+                try:
+                    records = await consumer.getmany(timeout_ms=500, max_records=self.max_records)
+                except Exception as error:
+                    if not is_decode_error(error):
+                        raise
+                    async with self._lock:
+                        await self._skip_undecodable(consumer, producer, error, stop)
+                    continue
                 if records:
                     async with self._lock:
                         await self.handle(consumer, producer, records, stop)
@@ -111,6 +119,41 @@ class Worker:
         await send_dead_letters(producer, self.settings.topics.dlq, dead)
         await self._commit(consumer, records)
         return PollOutcome(len(commands), len(dead))
+
+    async def _skip_undecodable(
+        self,
+        consumer: AIOKafkaConsumer,
+        producer: AIOKafkaProducer,
+        error: BaseException,
+        stop: asyncio.Event,
+    ) -> None:
+        """A record batch cannot be decoded: dead-letter it and move past it.
+
+        See ``infrastructure/undecodable.py``: every assigned partition is
+        re-read from its committed offset; records before the bad batch are
+        handled, the batch is dead-lettered (UNDECODABLE_BATCH) and committed past.
+        """
+        log.error("a fetched record batch cannot be decoded", extra={"error": repr(error)[:300]})
+        found = 0
+        for tp in sorted(consumer.assignment()):
+            start = await consumer.committed(tp)
+            if start is None:
+                start = (await consumer.beginning_offsets([tp]))[tp]
+            scan = await scan_partition(consumer, tp, start)
+            if scan.bad is None or scan.end_offset is None:
+                consumer.seek(tp, start)  # undo aiokafka's skip of what it did decode
+                continue
+            found += 1
+            metrics.UNDECODABLE.labels(tp.topic).inc()
+            if scan.good:
+                await self.handle(consumer, producer, {tp: scan.good}, stop)
+            await send_dead_letters(producer, self.settings.topics.dlq, [scan.bad])
+            await consumer.commit({tp: scan.end_offset})
+            consumer.seek(tp, scan.end_offset)
+        if not found:
+            if not isinstance(error, KafkaError):
+                raise error  # not about the data after all
+            await asyncio.sleep(1.0)  # a corrupt fetch that reads fine now: fetch again
 
     async def _execute(self, commands: list[Any], stop: asyncio.Event) -> list[Result]:
         try:
