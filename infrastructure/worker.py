@@ -116,7 +116,7 @@ class Worker:
             self._count(message.topic, result)
             if result.outcome == "rejected":
                 dead.append(DeadLetter(message, result.reason or "REJECTED", result.detail or ""))
-        await send_dead_letters(producer, self.settings.topics.dlq, dead)
+        await send_dead_letters(producer, self.settings.topics.dlq, dead, stop)
         await self._commit(consumer, records)
         return PollOutcome(len(commands), len(dead))
 
@@ -147,7 +147,7 @@ class Worker:
             metrics.UNDECODABLE.labels(tp.topic).inc()
             if scan.good:
                 await self.handle(consumer, producer, {tp: scan.good}, stop)
-            await send_dead_letters(producer, self.settings.topics.dlq, [scan.bad])
+            await send_dead_letters(producer, self.settings.topics.dlq, [scan.bad], stop)
             await consumer.commit({tp: scan.end_offset})
             consumer.seek(tp, scan.end_offset)
         if not found:
