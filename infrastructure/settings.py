@@ -95,6 +95,25 @@ class Settings(BaseModel):
             raise ValueError("must look like redis://[user:password@]host:6379/0")
         return v
 
+    @field_validator("kafka_bootstrap_servers")
+    @classmethod
+    def _bootstrap_servers(cls, v: str) -> str:
+        for entry in v.split(","):
+            host, sep, port = entry.strip().rpartition(":")
+            if not sep or not host.strip("[]") or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(
+                    f"{entry.strip()!r} is not host:port; use host:port[,host:port...],"
+                    " e.g. kafka-1:9092,kafka-2:9092"
+                )
+        return v
+
+    @field_validator("kafka_ssl_cafile")
+    @classmethod
+    def _cafile(cls, v: str | None) -> str | None:
+        if v is not None and not (os.path.isfile(v) and os.access(v, os.R_OK)):
+            raise ValueError(f"no readable file at {v!r} (the CA certificate, PEM)")
+        return v
+
     def redacted(self) -> dict[str, object]:
         """Settings safe to log: passwords replaced by ***."""
         data = self.model_dump(mode="json", exclude={"kafka_sasl_password"})
@@ -158,9 +177,26 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         fields["topics"] = Topics(**topics)
     fields["kafka_bootstrap_explicit"] = bool(env.get("KAFKA_BOOTSTRAP_SERVERS", "").strip())
     try:
-        return Settings.model_validate(fields)
+        settings = Settings.model_validate(fields)
     except ValidationError as e:
         first = e.errors()[0]
         field = str(first["loc"][0]) if first["loc"] else "?"
         var = next((k for k, f in _ENV.items() if f == field), field.upper())
         raise SettingsError(f"{var}: {first['msg']}") from None
+    _check_kafka_security(settings)
+    return settings
+
+
+def _check_kafka_security(s: Settings) -> None:
+    """What one variable alone cannot say: SASL needs a username and a password."""
+    protocol = s.kafka_security_protocol
+    if not protocol.startswith("SASL_"):
+        return
+    if not s.kafka_sasl_username:
+        raise SettingsError(
+            f"KAFKA_SASL_USERNAME: required with KAFKA_SECURITY_PROTOCOL={protocol}"
+        )
+    if s.kafka_sasl_password is None or not s.kafka_sasl_password.get_secret_value():
+        raise SettingsError(
+            f"KAFKA_SASL_PASSWORD: required with KAFKA_SECURITY_PROTOCOL={protocol}"
+        )
