@@ -45,6 +45,8 @@ def conninfo(settings: Settings, dbname: str | None = None) -> dict[str, Any]:
     for key, value in parse_qsl(parts.query):
         if key in _LIBPQ_PARAMS:
             kwargs[key] = value
+        elif key == "password" and parts.password is None:  # libpq's ?password= form
+            kwargs["password"] = value
     return kwargs
 
 

@@ -7,9 +7,10 @@ kept as ``SecretStr``: they never appear in a repr, a log line or an error.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from typing import Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, unquote_plus, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
@@ -121,13 +122,47 @@ class Settings(BaseModel):
         data["redis_url"] = redact_url(self.redis_url.get_secret_value())
         return data
 
+    def secrets(self) -> list[str]:
+        """Every password in the settings (every form), longest first: to mask in any text."""
+        found = url_passwords(self.database_url.get_secret_value())
+        found += url_passwords(self.redis_url.get_secret_value())
+        if self.kafka_sasl_password is not None and self.kafka_sasl_password.get_secret_value():
+            password = self.kafka_sasl_password.get_secret_value()
+            found += [password, quote(password, safe="")]
+        return sorted(set(found), key=len, reverse=True)
+
+
+# Query parameters that carry a password: ``?password=`` (redis-py's form for unix
+# sockets, and libpq's), libpq's ``sslpassword``, any ``...password``.
+_SECRET_QUERY = re.compile(r"(?i)(^|&)([^=&]*password)=([^&]*)")
+
 
 def redact_url(url: str) -> str:
+    """The URL with every password replaced by ***: userinfo and query string alike."""
     parts = urlsplit(url)
-    if parts.password is None:
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = netloc.replace(f":{parts.password}@", ":***@", 1)
+    query = _SECRET_QUERY.sub(lambda m: f"{m.group(1)}{m.group(2)}=***", parts.query)
+    if (netloc, query) == (parts.netloc, parts.query):
         return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    # Text replacement, not urlunsplit: that would turn unix:///path into unix:/path.
+    scheme_and_netloc = f"{parts.scheme}://{parts.netloc}"
+    if url.startswith(scheme_and_netloc):
+        url = f"{parts.scheme}://{netloc}" + url[len(scheme_and_netloc) :]
+    if query != parts.query:
+        url = url.replace(f"?{parts.query}", f"?{query}", 1)
+    return url
+
+
+def url_passwords(url: str) -> list[str]:
+    """Every password a URL carries, as written and decoded (to mask them in any text)."""
+    parts = urlsplit(url)
+    found = [parts.password] if parts.password else []
+    found += [m.group(3) for m in _SECRET_QUERY.finditer(parts.query) if m.group(3)]
+    found += [unquote_plus(p) for p in found]
+    found += [quote(p, safe="") for p in found]
+    return sorted({p for p in found if p}, key=len, reverse=True)
 
 
 _ENV: dict[str, str] = {
