@@ -25,7 +25,10 @@ by batch:
 - the offset after it is committed and the consumer seeks there.
 
 Partitions without an undecodable batch are only sought back to their
-committed offset (undoing aiokafka's silent skip). One bad batch costs one
+committed offset (undoing aiokafka's silent skip). If no partition holds one
+(a fetch corrupted in transit; the partition moved to another member in
+between), the worker fetches again after a second, and raises the error only
+after ``MAX_UNEXPLAINED`` such errors in a row. One bad batch costs one
 raw fetch per assigned partition: a bounded, logged and counted event
 (``batchslot_undecodable_batches_total``) that never stops the worker or its
 group.
@@ -38,7 +41,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import CorruptRecordException, KafkaError, UnsupportedCodecError
+from aiokafka.errors import (
+    ConsumerStoppedError,
+    CorruptRecordException,
+    KafkaError,
+    UnsupportedCodecError,
+)
 from aiokafka.protocol.fetch import FetchRequest
 from aiokafka.record.memory_records import MemoryRecords
 from aiokafka.structs import ConsumerRecord
@@ -48,6 +56,9 @@ from infrastructure.dlq import DeadLetter
 log = logging.getLogger("batchslot.worker")
 
 REASON = "UNDECODABLE_BATCH"
+# Decode errors in a row that no re-read explains (e.g. the partition moved to
+# another member in between) before the error is treated as a bug and raised.
+MAX_UNEXPLAINED = 5
 # aiokafka's default max_partition_fetch_bytes: a raw read covers what one fetch held.
 RAW_FETCH_BYTES = 1024 * 1024
 # Tansu answers a fetch with max_wait 0 with no data at all; a short wait is enough.
@@ -61,7 +72,7 @@ def is_decode_error(error: BaseException) -> bool:
         return True
     # A codec's own error (gzip.BadGzipFile, zlib.error, cramjam.DecompressionError,
     # a struct or value error on a truncated payload): not an aiokafka error at all.
-    return not isinstance(error, KafkaError) and isinstance(error, Exception)
+    return not isinstance(error, KafkaError | ConsumerStoppedError) and isinstance(error, Exception)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.errors import CommitFailedError, IllegalStateError
 
 from application.messages import InvalidMessage, TopicKind, parse_message
 from application.service import BatchService, Result
@@ -28,7 +28,7 @@ from infrastructure.dlq import DLQ_MAX_REQUEST_BYTES, DeadLetter, send_dead_lett
 from infrastructure.kafka import make_consumer, make_producer
 from infrastructure.settings import Settings
 from infrastructure.transient import TRANSIENT, DependencyDown, is_transient, store_writable
-from infrastructure.undecodable import is_decode_error, scan_partition
+from infrastructure.undecodable import MAX_UNEXPLAINED, is_decode_error, scan_partition
 
 log = logging.getLogger("batchslot.worker")
 
@@ -63,6 +63,7 @@ class Worker:
             for kind, topic in settings.topics.by_kind.items()
         }
         self._lock = asyncio.Lock()
+        self._unexplained = 0  # decode errors in a row that a re-read did not explain
 
     async def run(self, stop: asyncio.Event) -> None:
         consumer = make_consumer(
@@ -88,6 +89,7 @@ class Worker:
                         await self._skip_undecodable(consumer, producer, error, stop)
                     continue
                 if records:
+                    self._unexplained = 0
                     async with self._lock:
                         await self.handle(consumer, producer, records, stop)
         finally:
@@ -150,10 +152,15 @@ class Worker:
             await send_dead_letters(producer, self.settings.topics.dlq, [scan.bad], stop)
             await consumer.commit({tp: scan.end_offset})
             consumer.seek(tp, scan.end_offset)
-        if not found:
-            if not isinstance(error, KafkaError):
-                raise error  # not about the data after all
-            await asyncio.sleep(1.0)  # a corrupt fetch that reads fine now: fetch again
+        if found:
+            self._unexplained = 0
+            return
+        # The data reads fine now (a fetch corrupted in transit, or the partition moved
+        # to another member): fetch again, a bounded number of times in a row.
+        self._unexplained += 1
+        if self._unexplained >= MAX_UNEXPLAINED:
+            raise error
+        await asyncio.sleep(1.0)
 
     async def _execute(self, commands: list[Any], stop: asyncio.Event) -> list[Result]:
         try:
