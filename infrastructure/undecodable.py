@@ -89,6 +89,8 @@ async def scan_partition(consumer: AIOKafkaConsumer, tp: TopicPartition, start: 
     # The consumer's own client and leader metadata (no second connection).
     client = consumer._client
     node = client.cluster.leader_for_partition(tp)
+    if node is None or node < 0:
+        return RawScan([], None, None)  # no leader known now: the next attempt will tell
     request = FetchRequest(
         RAW_FETCH_WAIT_MS,
         1,
@@ -96,7 +98,11 @@ async def scan_partition(consumer: AIOKafkaConsumer, tp: TopicPartition, start: 
         0,
         [(tp.topic, [(tp.partition, start, RAW_FETCH_BYTES)])],
     )
-    response = await client.send(node, request)
+    try:
+        response = await client.send(node, request)
+    except KafkaError as e:
+        log.warning("raw re-read failed", extra={"partition": str(tp), "error": repr(e)[:200]})
+        return RawScan([], None, None)
     raw = b""
     for topic, partitions in response.topics:
         for partition, error_code, _highwater, *data in partitions:
