@@ -2,8 +2,8 @@
 
 Each round makes a new database name (and a non-public schema) that does not
 exist yet; six processes released by one barrier each build the service (which
-creates the database, the schema and the library's tables) and store one
-event. Every process must succeed, in every round.
+creates the database, the schema and the library's tables) and the outbox (its
+tracking table), and store one event. Every process must succeed, in every round.
 """
 
 from __future__ import annotations
@@ -29,11 +29,13 @@ def start_and_write(env: dict[str, str], n: int, barrier: Any, out: Any) -> None
     try:
         from application.commands import ProvisionContent
         from infrastructure.bootstrap import Bootstrap
+        from infrastructure.outbox import Outbox
 
         settings = load_settings(env)
         barrier.wait(timeout=60)
         service = Bootstrap(settings).batch_service()
         try:
+            Outbox(settings, service)  # creates its tracking table, as `batchctl outbox` does
             command = ProvisionContent(
                 batch_id=f"b-{n}",
                 correlation_id=str(uuid.uuid4()),
