@@ -41,7 +41,7 @@ from eventsourcing.application import (
     project_aggregate,
 )
 from eventsourcing.persistence import RecordConflictError, Recording
-from eventsourcing.utils import EnvType
+from eventsourcing.utils import Environment, EnvType
 
 from application.commands import (
     AnyCommand,
@@ -110,6 +110,25 @@ class BatchService(Application[UUID]):
         self._closed = _LRU(
             max(1, cache_size // 10) if closed_cache_size is None else closed_cache_size
         )
+
+    def construct_env(self, name: str, env: EnvType | None = None) -> Environment:
+        """The library's settings from ``env`` alone, never from ``os.environ``.
+
+        The library would merge the process environment under the settings
+        passed in, and prefer ``BATCHSERVICE_*`` names to them: an ambient
+        ``POSTGRES_ENABLE_DB_FUNCTIONS`` (an insert path without the table lock,
+        so the outbox could skip events), ``PERSISTENCE_MODULE``,
+        ``POSTGRES_HOST`` or ``BATCHSERVICE_POSTGRES_SCHEMA`` would change where
+        and how events are stored. The service is configured only by its
+        documented variables (``infrastructure/settings.py``), which
+        ``infrastructure/postgres.event_store_env`` turns into ``env``.
+        """
+        _env = dict(type(self).env)
+        if type(self).is_snapshotting_enabled or type(self).snapshotting_intervals:
+            _env["IS_SNAPSHOTTING_ENABLED"] = "y"
+        if env is not None:
+            _env.update(env)
+        return Environment(name, _env)
 
     # ------------------------------------------------------------- commands
 

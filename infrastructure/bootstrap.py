@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from application.service import BatchService, utc_now
-from infrastructure.postgres import ensure_database, event_store_env
+from infrastructure.postgres import ddl_lock, ensure_database, event_store_env
 from infrastructure.settings import Settings, load_settings
 from infrastructure.snapshots import prune_snapshots
 
@@ -26,14 +26,15 @@ class Bootstrap:
 
     def batch_service(self, clock: Callable[[], datetime] = utc_now, **kwargs: Any) -> BatchService:
         ensure_database(self.settings)
-        return BatchService(
-            env=self.event_store_env(),
-            clock=clock,
-            timeout_seconds=self.settings.batch_timeout_seconds,
-            pending_ttl_seconds=self.settings.pending_ttl_seconds,
-            **{
-                "cache_size": self.settings.aggregate_cache_size,
-                "prune_snapshots": prune_snapshots,
-                **kwargs,
-            },
-        )
+        with ddl_lock(self.settings):  # the library creates its tables (CREATE_TABLE=y)
+            return BatchService(
+                env=self.event_store_env(),
+                clock=clock,
+                timeout_seconds=self.settings.batch_timeout_seconds,
+                pending_ttl_seconds=self.settings.pending_ttl_seconds,
+                **{
+                    "cache_size": self.settings.aggregate_cache_size,
+                    "prune_snapshots": prune_snapshots,
+                    **kwargs,
+                },
+            )

@@ -21,6 +21,11 @@ UNKNOWN_FIELDS = Counter(
     ["topic", "where"],
 )
 DLQ = Counter("batchslot_dlq_messages_total", "Messages sent to the dead-letter topic.", ["reason"])
+UNDECODABLE = Counter(
+    "batchslot_undecodable_batches_total",
+    "Inbound record batches that could not be decoded, dead-lettered and skipped.",
+    ["topic"],
+)
 TRANSIENT = Counter(
     "batchslot_transient_failures_total", "Transient failures retried with backoff.", ["where"]
 )

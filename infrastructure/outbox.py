@@ -60,6 +60,7 @@ from infrastructure.bootstrap import Bootstrap
 from infrastructure.kafka import ensure_topics, make_producer, producer_kwargs
 from infrastructure.outbox_parking import ParkingLot
 from infrastructure.pg_listen import Listener, first_of
+from infrastructure.postgres import ddl_lock
 from infrastructure.settings import Settings
 from projections.envelope import OutboundMessage, envelope_of
 
@@ -131,7 +132,8 @@ class Outbox:
         self._tracking = PostgresTrackingRecorder(
             app.recorder.datastore, tracking_table_name=TRACKING_TABLE
         )
-        self._tracking.create_table()
+        with ddl_lock(settings):  # processes starting at once: one creates the table
+            self._tracking.create_table()
         self._producer_overrides = dict(producer_overrides or {})
         self._producer: Any = None
         self._partitioner = DefaultPartitioner()

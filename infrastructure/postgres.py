@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -45,6 +46,8 @@ def conninfo(settings: Settings, dbname: str | None = None) -> dict[str, Any]:
     for key, value in parse_qsl(parts.query):
         if key in _LIBPQ_PARAMS:
             kwargs[key] = value
+        elif key == "password" and parts.password is None:  # libpq's ?password= form
+            kwargs["password"] = value
     return kwargs
 
 
@@ -84,22 +87,51 @@ def event_store_env(settings: Settings) -> dict[str, str]:
     }
 
 
+# Start-up DDL is serialized across processes with a session advisory lock: the
+# first key says "batch slot service DDL", the second is the schema's (or, on the
+# maintenance database, the database's) name hashed by PostgreSQL.
+DDL_LOCK_KEY = 0x42534C54  # "BSLT"
+
+
+@contextlib.contextmanager
+def ddl_lock(settings: Settings, *, admin: bool = False) -> Iterator[psycopg.Connection[Any]]:
+    """Hold the start-up DDL lock for this schema (blocks until it is free).
+
+    Several processes starting at once on an empty database otherwise race in
+    CREATE DATABASE, CREATE SCHEMA and the library's CREATE TABLE / CREATE TYPE
+    (``duplicate key value violates unique constraint``, ``tuple concurrently
+    updated``). The lock is released when the block ends (or the session dies).
+    ``admin``: the lock for creating the database itself, held in the server's
+    ``postgres`` database.
+    """
+    info = conninfo(settings)
+    name = f"database:{info['dbname']}" if admin else settings.database_schema
+    if admin:
+        info["dbname"] = "postgres"
+    with psycopg.connect(**info, **libpq_bounds(settings), autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", (DDL_LOCK_KEY, name))
+        try:
+            yield conn
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (DDL_LOCK_KEY, name))
+
+
 def ensure_database(settings: Settings) -> None:
-    """Create the database and schema on first use (idempotent)."""
+    """Create the database and schema on first use (idempotent, safe to run concurrently)."""
     info = conninfo(settings)
     try:
         psycopg.connect(**info, **libpq_bounds(settings)).close()
     except psycopg.OperationalError as e:
         if "does not exist" not in str(e):
             raise
-        admin = {**info, "dbname": "postgres"}
-        with (
-            psycopg.connect(**admin, **libpq_bounds(settings), autocommit=True) as conn,
-            contextlib.suppress(psycopg.errors.DuplicateDatabase),
-        ):
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(info["dbname"])))
+        with ddl_lock(settings, admin=True) as admin:
+            exists = admin.execute(
+                "SELECT 1 FROM pg_database WHERE datname = %s", (info["dbname"],)
+            ).fetchone()
+            if exists is None:
+                admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(info["dbname"])))
     if settings.database_schema != "public":
-        with psycopg.connect(**info, **libpq_bounds(settings), autocommit=True) as conn:
+        with ddl_lock(settings) as conn:
             conn.execute(
                 sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
                     sql.Identifier(settings.database_schema)

@@ -23,9 +23,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import psycopg
-import redis
-from eventsourcing.persistence import InterfaceError, Notification, OperationalError, Tracking
+from eventsourcing.persistence import Notification, Tracking
 
 from application.service import BatchService
 from infrastructure import metrics, pg_timeouts
@@ -33,17 +31,11 @@ from infrastructure.bootstrap import Bootstrap
 from infrastructure.rebuild import RebuildSummary, rebuild
 from infrastructure.redis_view import PositionLost, RedisSlotView
 from infrastructure.settings import Settings
+from infrastructure.transient import TRANSIENT
 from projections.slot_view import VersionGap
 
 __all__ = ["Projector", "RebuildSummary", "rebuild", "run_projector"]
 log = logging.getLogger(__name__)
-TRANSIENT = (
-    redis.ConnectionError,
-    redis.TimeoutError,
-    OperationalError,
-    InterfaceError,
-    psycopg.OperationalError,
-)
 
 
 class StoreBehind(RuntimeError):

@@ -7,9 +7,10 @@ kept as ``SecretStr``: they never appear in a repr, a log line or an error.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from typing import Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, unquote_plus, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
@@ -122,6 +123,25 @@ class Settings(BaseModel):
             return self.database_call_timeout_seconds
         return self.database_statement_timeout_seconds + 5.0
 
+    @field_validator("kafka_bootstrap_servers")
+    @classmethod
+    def _bootstrap_servers(cls, v: str) -> str:
+        for entry in v.split(","):
+            host, sep, port = entry.strip().rpartition(":")
+            if not sep or not host.strip("[]") or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(
+                    f"{entry.strip()!r} is not host:port; use host:port[,host:port...],"
+                    " e.g. kafka-1:9092,kafka-2:9092"
+                )
+        return v
+
+    @field_validator("kafka_ssl_cafile")
+    @classmethod
+    def _cafile(cls, v: str | None) -> str | None:
+        if v is not None and not (os.path.isfile(v) and os.access(v, os.R_OK)):
+            raise ValueError(f"no readable file at {v!r} (the CA certificate, PEM)")
+        return v
+
     def redacted(self) -> dict[str, object]:
         """Settings safe to log: passwords replaced by ***."""
         data = self.model_dump(mode="json", exclude={"kafka_sasl_password"})
@@ -129,13 +149,47 @@ class Settings(BaseModel):
         data["redis_url"] = redact_url(self.redis_url.get_secret_value())
         return data
 
+    def secrets(self) -> list[str]:
+        """Every password in the settings (every form), longest first: to mask in any text."""
+        found = url_passwords(self.database_url.get_secret_value())
+        found += url_passwords(self.redis_url.get_secret_value())
+        if self.kafka_sasl_password is not None and self.kafka_sasl_password.get_secret_value():
+            password = self.kafka_sasl_password.get_secret_value()
+            found += [password, quote(password, safe="")]
+        return sorted(set(found), key=len, reverse=True)
+
+
+# Query parameters that carry a password: ``?password=`` (redis-py's form for unix
+# sockets, and libpq's), libpq's ``sslpassword``, any ``...password``.
+_SECRET_QUERY = re.compile(r"(?i)(^|&)([^=&]*password)=([^&]*)")
+
 
 def redact_url(url: str) -> str:
+    """The URL with every password replaced by ***: userinfo and query string alike."""
     parts = urlsplit(url)
-    if parts.password is None:
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = netloc.replace(f":{parts.password}@", ":***@", 1)
+    query = _SECRET_QUERY.sub(lambda m: f"{m.group(1)}{m.group(2)}=***", parts.query)
+    if (netloc, query) == (parts.netloc, parts.query):
         return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    # Text replacement, not urlunsplit: that would turn unix:///path into unix:/path.
+    scheme_and_netloc = f"{parts.scheme}://{parts.netloc}"
+    if url.startswith(scheme_and_netloc):
+        url = f"{parts.scheme}://{netloc}" + url[len(scheme_and_netloc) :]
+    if query != parts.query:
+        url = url.replace(f"?{parts.query}", f"?{query}", 1)
+    return url
+
+
+def url_passwords(url: str) -> list[str]:
+    """Every password a URL carries, as written and decoded (to mask them in any text)."""
+    parts = urlsplit(url)
+    found = [parts.password] if parts.password else []
+    found += [m.group(3) for m in _SECRET_QUERY.finditer(parts.query) if m.group(3)]
+    found += [unquote_plus(p) for p in found]
+    found += [quote(p, safe="") for p in found]
+    return sorted({p for p in found if p}, key=len, reverse=True)
 
 
 _ENV: dict[str, str] = {
@@ -201,9 +255,26 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         fields["topics"] = Topics(**topics)
     fields["kafka_bootstrap_explicit"] = bool(env.get("KAFKA_BOOTSTRAP_SERVERS", "").strip())
     try:
-        return Settings.model_validate(fields)
+        settings = Settings.model_validate(fields)
     except ValidationError as e:
         first = e.errors()[0]
         field = str(first["loc"][0]) if first["loc"] else "?"
         var = next((k for k, f in _ENV.items() if f == field), field.upper())
         raise SettingsError(f"{var}: {first['msg']}") from None
+    _check_kafka_security(settings)
+    return settings
+
+
+def _check_kafka_security(s: Settings) -> None:
+    """What one variable alone cannot say: SASL needs a username and a password."""
+    protocol = s.kafka_security_protocol
+    if not protocol.startswith("SASL_"):
+        return
+    if not s.kafka_sasl_username:
+        raise SettingsError(
+            f"KAFKA_SASL_USERNAME: required with KAFKA_SECURITY_PROTOCOL={protocol}"
+        )
+    if s.kafka_sasl_password is None or not s.kafka_sasl_password.get_secret_value():
+        raise SettingsError(
+            f"KAFKA_SASL_PASSWORD: required with KAFKA_SECURITY_PROTOCOL={protocol}"
+        )

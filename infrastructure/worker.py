@@ -3,9 +3,12 @@
 One poll at a time: every message is parsed (invalid ones are dead-lettered),
 the poll's commands are decided together (one load and one append per batch),
 rejected commands are dead-lettered, and only then are the offsets committed.
-Transient failures (PostgreSQL restart, too many version conflicts) are
-retried with backoff and never reach the DLQ; nothing is committed until the
-poll's commands are durably recorded or known to be no-ops.
+Transient failures (any failure of PostgreSQL, Redis or Kafka: a restart, a
+read-only store, a full disk; too many version conflicts; see
+``infrastructure/transient.py``) are retried with backoff and never reach the
+DLQ; nothing is committed until the poll's commands are durably recorded or
+known to be no-ops. Any other exception is blamed on a message
+(``PROCESSING_ERROR``) only if the store answers a write-capable probe.
 """
 
 from __future__ import annotations
@@ -17,18 +20,18 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError
-from eventsourcing.persistence import InterfaceError, OperationalError
 
 from application.messages import InvalidMessage, TopicKind
-from application.service import BatchService, ConcurrencyExhausted, Result
+from application.service import BatchService, Result
 from infrastructure import metrics
 from infrastructure.dlq import DLQ_MAX_REQUEST_BYTES, DeadLetter, send_dead_letters
 from infrastructure.inbound import parse_counted
 from infrastructure.kafka import make_consumer, make_producer
 from infrastructure.settings import Settings
+from infrastructure.transient import TRANSIENT, DependencyDown, is_transient, store_writable
+from infrastructure.undecodable import MAX_UNEXPLAINED, is_decode_error, scan_partition
 
 log = logging.getLogger("batchslot.worker")
-TRANSIENT = (OperationalError, InterfaceError, ConcurrencyExhausted, TimeoutError)
 
 
 @dataclass
@@ -67,6 +70,7 @@ class Worker:
         self.retrying = False  # the last attempt failed transiently (a dependency is down)
         self._next: dict[TopicPartition, int] = {}
         self._consumer: AIOKafkaConsumer | None = None
+        self._unexplained = 0  # decode errors in a row that a re-read did not explain
 
     async def run(self, stop: asyncio.Event) -> None:
         consumer = make_consumer(
@@ -84,8 +88,16 @@ class Worker:
         log.info("worker started", extra={"topics": list(self.kind_of)})
         try:
             while not stop.is_set():
-                records = await consumer.getmany(timeout_ms=500, max_records=self.max_records)
+                try:
+                    records = await consumer.getmany(timeout_ms=500, max_records=self.max_records)
+                except Exception as error:
+                    if not is_decode_error(error):
+                        raise
+                    async with self._lock:
+                        await self._skip_undecodable(consumer, producer, error, stop)
+                    continue
                 if records:
+                    self._unexplained = 0
                     async with self._lock:
                         await self.handle(consumer, producer, records, stop)
         finally:
@@ -127,11 +139,51 @@ class Worker:
             self._count(message.topic, result)
             if result.outcome == "rejected":
                 dead.append(DeadLetter(message, result.reason or "REJECTED", result.detail or ""))
-        await send_dead_letters(producer, self.settings.topics.dlq, dead)
+        await send_dead_letters(producer, self.settings.topics.dlq, dead, stop)
         await self._commit(consumer, records)
         self.handled, self.in_hand = self.handled + self.in_hand, 0
         self._next.update({tp: ms[-1].offset + 1 for tp, ms in records.items() if ms})
         return PollOutcome(len(commands), len(dead))
+
+    async def _skip_undecodable(
+        self,
+        consumer: AIOKafkaConsumer,
+        producer: AIOKafkaProducer,
+        error: BaseException,
+        stop: asyncio.Event,
+    ) -> None:
+        """A record batch cannot be decoded: dead-letter it and move past it.
+
+        See ``infrastructure/undecodable.py``: every assigned partition is
+        re-read from its committed offset; records before the bad batch are
+        handled, the batch is dead-lettered (UNDECODABLE_BATCH) and committed past.
+        """
+        log.error("a fetched record batch cannot be decoded", extra={"error": repr(error)[:300]})
+        found = 0
+        for tp in sorted(consumer.assignment()):
+            start = await consumer.committed(tp)
+            if start is None:
+                start = (await consumer.beginning_offsets([tp]))[tp]
+            scan = await scan_partition(consumer, tp, start)
+            if scan.bad is None or scan.end_offset is None:
+                consumer.seek(tp, start)  # undo aiokafka's skip of what it did decode
+                continue
+            found += 1
+            metrics.UNDECODABLE.labels(tp.topic).inc()
+            if scan.good:
+                await self.handle(consumer, producer, {tp: scan.good}, stop)
+            await send_dead_letters(producer, self.settings.topics.dlq, [scan.bad], stop)
+            await consumer.commit({tp: scan.end_offset})
+            consumer.seek(tp, scan.end_offset)
+        if found:
+            self._unexplained = 0
+            return
+        # The data reads fine now (a fetch corrupted in transit, or the partition moved
+        # to another member): fetch again, a bounded number of times in a row.
+        self._unexplained += 1
+        if self._unexplained >= MAX_UNEXPLAINED:
+            raise error
+        await asyncio.sleep(1.0)
 
     async def _execute(self, commands: list[Any], stop: asyncio.Event) -> list[Result]:
         try:
@@ -161,12 +213,14 @@ class Worker:
                 results = await asyncio.to_thread(self.service.execute, commands)
                 self.retrying = False
                 return results
-            except TRANSIENT as e:
+            except Exception as e:
+                if not is_transient(e) and await asyncio.to_thread(store_writable, self.service):
+                    raise  # the store is healthy: the commands' own fault
                 self.retrying = True
                 metrics.TRANSIENT.labels("execute").inc()
                 log.warning("transient failure, retrying", extra={"error": type(e).__name__})
                 if stop.is_set():
-                    raise
+                    raise DependencyDown(f"stopping while the store fails: {e!r}"[:300]) from e
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 

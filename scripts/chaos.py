@@ -19,7 +19,19 @@ prefix, topic names and consumer group. Feeds a shuffled, duplicated scenario
 - ``restart_broker``: only after all input was consumed and the outbox caught
   up (Tansu loses every topic, message and offset on restart); then the topics
   are re-created, the outbox must NOT republish, and a tail of new batches
-  must flow end to end.
+  must flow end to end;
+- ``compressed_producers``: a burst of extra batches produced by librdkafka
+  (confluent-kafka), a quarter with each codec: gzip, snappy, lz4, zstd;
+- ``read_only_window``: the run's OWN database (this kind makes the run create
+  a database of its own, ``chaos_<tag>``, dropped afterwards) is switched to
+  ``default_transaction_read_only`` and its sessions ended for a few seconds,
+  as after a failover to a standby; nothing valid may be dead-lettered;
+- ``concurrent_start``: every process of the fleet killed and all started
+  again at the same instant (and, with this kind selected, the fleet also
+  starts at once on an empty schema, before anything else creates it).
+
+``--kinds`` selects the fault kinds (default: all); the restart kinds
+(``restart_postgres``, ``restart_redis``) restart the machine's servers.
 
 After each fault is repaired, a probe batch (one slot, one content) is sent;
 the time until its completion is stored, projected to Redis and published on
@@ -33,8 +45,10 @@ times per fault kind. Exit 1 on any violation, 2 on a setup problem.
 
     python scripts/chaos.py --seed 7 --batches 300 --faults 24
     python scripts/chaos.py --quick
-    python scripts/chaos.py --quick --no-broker-restart --faults 6 \
+    python scripts/chaos.py --quick --no-broker-restart --faults 6 \\
         --kinds partition_postgres_stranded,partition_redis_stranded,partition_kafka_stranded
+    python scripts/chaos.py --quick --no-broker-restart \\
+        --kinds compressed_producers,read_only_window,concurrent_start
 """
 
 from __future__ import annotations
@@ -88,6 +102,9 @@ FAULT_KINDS = (
     "restart_redis",
     "kill_outbox",
     "kill_projector",
+    "compressed_producers",
+    "read_only_window",
+    "concurrent_start",
 )
 PARTITION_KINDS = tuple(
     f"partition_{dependency}_{heal}"
@@ -103,6 +120,7 @@ PARTITION_TIMEOUTS = {
     "KAFKA_METADATA_MAX_AGE_MS": "10000",
     "STALL_TIMEOUT_SECONDS": "10",
 }
+CODECS = ("gzip", "snappy", "lz4", "zstd")
 # fmt: off
 REDIS_START = [
     "redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "-::1", "--port", "6379",
@@ -235,6 +253,13 @@ class Fleet:
         for name in self.roles:
             self.start(name)
 
+    def restart_all_at_once(self) -> None:
+        """SIGKILL every process, then start them all at the same instant."""
+        for name in self.roles:
+            if self.procs[name].poll() is None:
+                self.signal(name, signal.SIGKILL)
+        self.start_all()
+
     def signal(self, name: str, sig: signal.Signals) -> None:
         if sig == signal.SIGKILL:
             self.expected_dead.add(name)
@@ -357,6 +382,53 @@ def flush_prefix(settings: Settings) -> int:
         return len(keys)
     finally:
         client.close()
+
+
+def admin_connect(settings: Settings) -> psycopg.Connection[Any]:
+    """A connection to the server's ``postgres`` database (to alter or drop the run's own)."""
+    return psycopg.connect(
+        **{**conninfo(settings), "dbname": "postgres"}, autocommit=True, connect_timeout=5
+    )
+
+
+def set_read_only(settings: Settings, on: bool) -> int:
+    """Switch the run's OWN database to read-only (or back) and end its sessions."""
+    dbname = conninfo(settings)["dbname"]
+    assert dbname.startswith("chaos_"), f"refusing to alter {dbname!r}: not the run's own"
+    with admin_connect(settings) as conn:
+        conn.execute(
+            sql.SQL("ALTER DATABASE {} SET default_transaction_read_only = {}").format(
+                sql.Identifier(dbname), sql.SQL("on" if on else "off")
+            )
+        )
+        rows = conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = %s AND pid <> pg_backend_pid()",
+            (dbname,),
+        ).fetchall()
+    return len(rows)
+
+
+def produce_compressed(settings: Settings, messages: list[Message]) -> int:
+    """Send ``messages`` with librdkafka, a quarter with each codec; return how many."""
+    from confluent_kafka import Producer  # dev extra: the fault run only
+
+    topic = settings.topics.by_kind
+    for i, codec in enumerate(CODECS):
+        producer = Producer(
+            {
+                "bootstrap.servers": settings.kafka_bootstrap_servers,
+                "compression.type": codec,
+                "enable.idempotence": False,  # Tansu has no idempotent producer
+                "acks": "all",
+                "linger.ms": 20,
+            }
+        )
+        for m in messages[i :: len(CODECS)]:
+            producer.produce(topic[m.kind], key=m.key.encode(), value=m.value)
+        if producer.flush(60) != 0:
+            raise RuntimeError(f"{codec} producer: messages not acknowledged")
+    return len(messages)
 
 
 # ---------------------------------------------------------------- Kafka side
@@ -555,6 +627,8 @@ class ChaosRun:
         self.head_at_broker_restart = 1 << 62  # no restart: every event is "before"
         self.tap_base = 1 << 62
         self.proxies: dict[str, Any] = {}  # dependency -> ProxyThread (partition kinds only)
+        self.extra: list[Scenario] = []  # batches sent by faults (compressed producers)
+        self.own_database = "read_only_window" in options.kinds
 
     # -------------------------------------------------------------- set-up
 
@@ -580,6 +654,10 @@ class ChaosRun:
             "LOG_LEVEL": "INFO",
             "PYTHONUNBUFFERED": "1",
         }
+        if self.own_database:  # a read-only window needs a database of the run's own
+            url = self.env["DATABASE_URL"]
+            self.env["DATABASE_URL"] = url.rsplit("/", 1)[0] + f"/chaos_{self.tag}".lower()
+            self.env["DATABASE_SCHEMA"] = "public"
         self.settings = load_settings(self.env)
         if any(k in PARTITION_KINDS for k in self.o.kinds):
             self._through_proxies()
@@ -625,9 +703,13 @@ class ChaosRun:
         s = self.settings
         assert s is not None
         workers = sorted(n for n in fleet.roles if n.startswith("worker"))
-        target = {"kill_projector": "projector", "kill_outbox": "outbox"}.get(
-            kind, self.rng.choice(workers) if "worker" in kind else "server"
-        )
+        target = {
+            "kill_projector": "projector",
+            "kill_outbox": "outbox",
+            "compressed_producers": "producers",
+            "concurrent_start": "fleet",
+            "read_only_window": "database",
+        }.get(kind, self.rng.choice(workers) if "worker" in kind else "server")
         if kind in PARTITION_KINDS:
             target = kind.split("_")[1]
         record = FaultRecord(kind, target, round(self.elapsed(), 1))
@@ -659,6 +741,27 @@ class ChaosRun:
             time.sleep(self.rng.uniform(3.0, 6.0))
             held = proxy.heal(reset=heal == "reset")
             record.note = f"{held} connections {'reset' if heal == 'reset' else 'stranded'}"
+        elif kind == "compressed_producers":
+            burst = generate(
+                f"{self.tag}-z{len(self.extra)}",
+                batches=8,
+                seed=self.o.seed + 100 + len(self.extra),
+                timeout_batches=0,
+                excess_batches=1,
+                invalid_messages=1,
+            )
+            self.extra.append(burst)
+            self.sent += burst.messages
+            produce_compressed(s, burst.messages)
+            record.note = f"{len(burst.messages)} messages, {len(CODECS)} codecs"
+        elif kind == "read_only_window":
+            ended = set_read_only(s, True)
+            time.sleep(self.rng.uniform(4.0, 8.0))
+            ended += set_read_only(s, False)
+            record.note = f"{ended} sessions ended"
+        elif kind == "concurrent_start":
+            fleet.restart_all_at_once()
+            record.note = f"{len(fleet.roles)} processes"
         record.repaired_after = round(time.monotonic() - start, 2)
         return record
 
@@ -994,10 +1097,12 @@ class ChaosRun:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.broker.log_path = self.log_dir / "broker.log"
         self.broker.start()
-        ensure_database(s)
         await ensure_topics(s)
-        service = Bootstrap(s).batch_service()
         fleet = Fleet(self.env, self.o.workers, self.log_dir, self.t0)
+        if "concurrent_start" in self.o.kinds:
+            fleet.start_all()  # every process at once on an empty store, the checker too
+        ensure_database(s)
+        service = Bootstrap(s).batch_service()
         tap = EventsTap(s)
         scenario = generate(
             self.tag,
@@ -1014,11 +1119,13 @@ class ChaosRun:
             f"{self.o.workers} workers; logs in {self.log_dir.relative_to(ROOT)}"
         )
         try:
-            fleet.start_all()
+            if not fleet.procs:
+                fleet.start_all()
             await tap.start()
             await asyncio.sleep(6)  # let the consumer group form
             await self.feed_with_faults(fleet, scenario, service, tap)
-            expected = set(scenario.expected) | set(self.probe_expected)
+            scenarios += self.extra
+            expected = {b for sc in scenarios for b in sc.expected} | set(self.probe_expected)
             await self.quiesce(fleet, service, expected)
             await asyncio.sleep(2)
             dlq = [("before", x) for x in await read_dlq(s)]  # the broker restart loses it
@@ -1040,12 +1147,21 @@ class ChaosRun:
                 proxy.stop()
             ensure_servers_running(s)
             if not self.o.keep:
-                cleanup(s)
+                cleanup(s, drop_database=self.own_database)
         self.report.seconds = round(self.elapsed(), 1)
         return self.report
 
 
-def cleanup(settings: Settings) -> None:
+def cleanup(settings: Settings, drop_database: bool = False) -> None:
+    if drop_database:  # the run's own database (read_only_window)
+        dbname = conninfo(settings)["dbname"]
+        assert dbname.startswith("chaos_"), dbname
+        with admin_connect(settings) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname))
+            )
+        flush_prefix(settings)
+        return
     with psycopg.connect(**conninfo(settings), autocommit=True, connect_timeout=5) as conn:
         conn.execute(
             sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(

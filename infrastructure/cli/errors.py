@@ -7,8 +7,6 @@ traceback.
 
 from __future__ import annotations
 
-from urllib.parse import unquote, urlsplit
-
 import psycopg
 import psycopg_pool
 import redis
@@ -80,9 +78,4 @@ def _passwords() -> list[str]:
         settings = load_settings()
     except SettingsError:
         return []
-    urls = (settings.database_url, settings.redis_url)
-    found = [urlsplit(u.get_secret_value()).password for u in urls]
-    found += [unquote(p) for p in found if p]
-    if settings.kafka_sasl_password is not None:
-        found.append(settings.kafka_sasl_password.get_secret_value())
-    return [p for p in found if p]
+    return settings.secrets()

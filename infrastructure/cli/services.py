@@ -24,7 +24,7 @@ def _serve(worker: bool, projector: bool, outbox: bool, local_broker: bool) -> N
     from infrastructure.runtime import Parts, local_broker_if_needed, serve
 
     settings = load_settings()
-    logs.configure(settings.log_level)
+    logs.configure(settings.log_level, settings.secrets())
     parts = Parts(worker=worker, projector=projector, outbox=outbox, sweep=worker)
     broker = None
     if parts.needs_kafka and local_broker:
