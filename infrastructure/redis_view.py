@@ -58,13 +58,14 @@ class RedisSlotView(TrackingRecorder):
         # Every call bounded: a silent Redis (or a connection stranded by a failover)
         # raises redis.TimeoutError within REDIS_SOCKET_TIMEOUT_SECONDS; the call is
         # retried on a fresh connection, then the caller's transient handling takes over.
+        tcp = {"socket_keepalive": True} if not url.startswith("unix:") else {}
         client = redis.Redis.from_url(
             url,
             decode_responses=True,
             socket_timeout=settings.redis_socket_timeout_seconds,
             socket_connect_timeout=settings.redis_connect_timeout_seconds,
-            socket_keepalive=True,
             health_check_interval=settings.redis_health_check_interval_seconds,
+            **tcp,
             retry=Retry(ExponentialBackoff(cap=1.0, base=0.1), retries=2),
             retry_on_error=[redis.ConnectionError, redis.TimeoutError],
         )
