@@ -42,6 +42,16 @@ def pins(lock: Path) -> dict[str, Version]:
     return found
 
 
+def direct(lock: Path) -> set[str]:
+    """The packages uv recorded as required by pyproject.toml itself ("# via" notes)."""
+    entries = re.split(r"\n(?=[A-Za-z0-9])", lock.read_text())
+    return {
+        canonicalize_name(entry.split("=", 1)[0])
+        for entry in entries
+        if "batch-slot-service (pyproject.toml)" in entry
+    }
+
+
 def requirements(*extras: str) -> list[Requirement]:
     declared = [Requirement(r) for r in PYPROJECT["project"]["dependencies"]]
     for extra in extras:
@@ -56,6 +66,12 @@ def test_lock_pins_every_pyproject_requirement_within_its_bounds(
     lock: Path, extras: tuple[str, ...]
 ) -> None:
     locked = pins(lock)
+    declared = {canonicalize_name(r.name) for r in requirements(*extras)}
+    assert direct(lock) == declared, (
+        f"{lock.name} was compiled from other requirements than pyproject.toml's "
+        f"(only in the lock: {sorted(direct(lock) - declared)}, only in pyproject: "
+        f"{sorted(declared - direct(lock))}): run bash scripts/lock.sh"
+    )
     for requirement in requirements(*extras):
         if requirement.marker is not None and not requirement.marker.evaluate():
             continue
