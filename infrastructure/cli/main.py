@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as distribution_version
+from typing import Annotated, Any, NoReturn
 
 import typer
 
 from infrastructure.cli import (
+    completion,
     deadletters,
     inspection,
     pending,
@@ -24,6 +27,7 @@ from infrastructure.cli import (
 )
 from infrastructure.cli.common import CliError
 from infrastructure.cli.errors import dependency_error
+from infrastructure.cli.pipes import StdoutClosed, discard_stdout, guard_stdout
 
 
 class BatchCtl(typer.Typer):
@@ -34,7 +38,11 @@ class BatchCtl(typer.Typer):
         argv: Sequence[str] | None = kwargs.pop("args", args[0] if args else None)
         kwargs.setdefault("prog_name", "batchctl")
         try:
-            result = command.main(args=argv, standalone_mode=False, **kwargs)
+            with guard_stdout():
+                result = command.main(args=argv, standalone_mode=False, **kwargs)
+        except StdoutClosed:  # the reader took what it wanted (`batchctl replay | head`)
+            discard_stdout()
+            sys.exit(0)
         except typer.TyperException as e:  # click's usage errors (typer vendors click)
             ctx = getattr(e, "ctx", None)
             if type(e).__name__ == "NoArgsIsHelpError":
@@ -73,10 +81,39 @@ app = BatchCtl(
         "(verify), 2 bad usage or an unreachable dependency."
     ),
     no_args_is_help=True,
-    add_completion=False,
+    # --install-completion / --show-completion [bash|zsh|fish|powershell] (docs/cli.md)
+    add_completion=True,
     pretty_exceptions_show_locals=False,  # locals can hold connection strings
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+
+def installed_version() -> str:
+    try:
+        return distribution_version("batch-slot-service")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"batchctl {installed_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", "-V", callback=_print_version, is_eager=True,
+            help="Show the installed version and exit.",
+        ),
+    ] = False,
+) -> None:
+    """Options that come before the command."""
+
 
 app.command()(inspection.status)
 app.command()(inspection.audit)
@@ -88,6 +125,7 @@ app.command()(readmodel.verify)
 services.register(app)
 app.add_typer(deadletters.app, name="dlq")
 app.command()(pending.pending)
+app.command()(completion.completion)
 
 
 if __name__ == "__main__":
