@@ -24,7 +24,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError
 from application.messages import InvalidMessage, TopicKind
 from application.service import BatchService, Result
 from infrastructure import metrics
-from infrastructure.kafka.clients import make_consumer, make_producer
+from infrastructure.kafka.clients import KafkaClients
 from infrastructure.kafka.dlq import DLQ_MAX_REQUEST_BYTES, DeadLetter, send_dead_letters
 from infrastructure.kafka.inbound import parse_counted
 from infrastructure.kafka.undecodable import MAX_UNEXPLAINED, is_decode_error, scan_partition
@@ -55,9 +55,17 @@ class _CommitOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 class Worker:
-    def __init__(self, settings: Settings, service: BatchService, max_records: int = 1000) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        service: BatchService,
+        max_records: int = 1000,
+        *,
+        kafka: KafkaClients | None = None,
+    ) -> None:
         self.settings = settings
         self.service = service
+        self.kafka = kafka or KafkaClients(settings)
         self.max_records = max_records
         self.kind_of: dict[str, TopicKind] = {
             topic: kind  # type: ignore[misc]
@@ -73,15 +81,14 @@ class Worker:
         self._unexplained = 0  # decode errors in a row that a re-read did not explain
 
     async def run(self, stop: asyncio.Event) -> None:
-        consumer = make_consumer(
-            self.settings,
+        consumer = self.kafka.consumer(
             group_id=self.settings.kafka_consumer_group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=self.max_records,
         )
         consumer.subscribe(list(self.kind_of), listener=_CommitOnRevoke(self._lock))
-        producer = make_producer(self.settings, max_request_size=DLQ_MAX_REQUEST_BYTES)
+        producer = self.kafka.producer(max_request_size=DLQ_MAX_REQUEST_BYTES)
         await consumer.start()
         await producer.start()
         self._consumer = consumer

@@ -19,9 +19,5 @@ def assignments_key(prefix: str, batch_id: str) -> str:
     return f"{prefix}batch:{{{batch_id}}}:assignments"
 
 
-def index_key(prefix: str, index: str) -> str:
-    return f"{prefix}batchslot:index:{index}"
-
-
 def tracking_key(prefix: str, application_name: str) -> str:
     return f"{prefix}batchslot:tracking:{application_name}"
