@@ -37,7 +37,6 @@ from uuid import UUID
 from eventsourcing.application import (
     AggregateNotFoundError,
     Application,
-    ProcessingEvent,
     project_aggregate,
 )
 from eventsourcing.persistence import RecordConflictError, Recording
@@ -79,7 +78,10 @@ def utc_now() -> datetime:
 
 class BatchService(Application[UUID]):
     name = "BatchService"
-    snapshotting_intervals = {Batch: 100}
+    # The snapshot store, filled by ``save`` below (not the library's automatic
+    # snapshotting, which re-reads the aggregate from the store to snapshot it).
+    is_snapshotting_enabled = True
+    snapshot_interval = 100  # a batch is snapshotted at every 100th version
 
     def __init__(
         self,
@@ -238,23 +240,25 @@ class BatchService(Application[UUID]):
             f"batch {batch_id!r}: {self.max_attempts} version conflicts in a row"
         )
 
-    def _take_snapshots(self, processing_event: ProcessingEvent[UUID]) -> None:
-        """Snapshot a batch whose append crossed a multiple of the interval.
+    def save(self, *objs: Any, **kwargs: Any) -> list[Recording[UUID]]:
+        """Append, then snapshot each batch whose append reached a multiple of
+        ``snapshot_interval``.
 
-        The library re-reads the aggregate from the store to snapshot it (a cost
-        that grows with the slots); the batch just saved is exactly what is
-        stored, so it is snapshotted as it is, at its new version.
+        The library's own snapshotting (``snapshotting_intervals``) re-reads the
+        aggregate from the store to snapshot it, a cost that grows with the
+        slots; the batch just saved is exactly what is stored, so it is
+        snapshotted as it is, at its new version.
         """
+        recordings = super().save(*objs, **kwargs)
         if self.snapshots is None:
-            return
-        interval = self.snapshotting_intervals[Batch]
+            return recordings
         crossed = {
-            e.originator_id for e in processing_event.events if e.originator_version % interval == 0
+            r.domain_event.originator_id
+            for r in recordings
+            if r.domain_event.originator_version % self.snapshot_interval == 0
         }
         snapshots = [
-            Batch.Snapshot.take(aggregate)
-            for aggregate_id, aggregate in processing_event.aggregates.items()
-            if aggregate_id in crossed and isinstance(aggregate, Batch)
+            Batch.Snapshot.take(b) for b in objs if isinstance(b, Batch) and b.id in crossed
         ]
         if snapshots:
             self.snapshots.put(snapshots)
@@ -263,6 +267,7 @@ class BatchService(Application[UUID]):
                     self.snapshots.recorder,
                     [(s.originator_id, s.originator_version) for s in snapshots],
                 )
+        return recordings
 
     def _checkout(
         self, batch_id: str, commands: Sequence[AnyCommand], fresh: bool = False

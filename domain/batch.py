@@ -35,6 +35,10 @@ Status = Literal["awaiting_registration", "open", "completed", "timed_out", "exp
 NO_AVAILABLE_SLOT = "NO_AVAILABLE_SLOT"
 BATCH_CLOSED = "BATCH_CLOSED"
 CLOSED_STATUSES = frozenset({"completed", "timed_out", "expired"})
+# A completion's outcome (BatchCompleted.outcome, CONTRACT §3) and the status it
+# leaves the batch in (CONTRACT §4): the one mapping between the two words.
+STATUS_OF_OUTCOME: dict[str, Status] = {"complete": "completed", "timed_out": "timed_out"}
+OUTCOME_OF_STATUS = {status: outcome for outcome, status in STATUS_OF_OUTCOME.items()}
 
 # Fixed forever: changing it would move every batch to a new stream.
 BATCH_NAMESPACE = uuid5(NAMESPACE_URL, "urn:batch-slot-service:batch")
@@ -374,7 +378,7 @@ class Batch(Aggregate):
         for number, lists in enumerate(parts, start=1):
             self._completed(
                 batch_id=self._batch_id,
-                outcome="complete" if outcome == "completed" else "timed_out",
+                outcome=OUTCOME_OF_STATUS[outcome],
                 ready=lists["ready"],
                 validation_failures=lists["validation_failures"],
                 missing_essay_ids=lists["missing_essay_ids"],
@@ -498,7 +502,7 @@ class Batch(Aggregate):
         correlation_id: str,
         timestamp: datetime,
     ) -> None:
-        self._status = "completed" if outcome == "complete" else "timed_out"
+        self._status = STATUS_OF_OUTCOME[outcome]
 
     class PendingContentExpired(Event):
         """Pending content released (one part of ``parts``); the batch is closed.

@@ -1,30 +1,76 @@
-"""The one wiring place: every client is built here, never at import time."""
+"""The one wiring place: every service, client and pool is built here, once, never at import.
+
+``Bootstrap(settings)`` is a container: ``service`` (the ``BatchService``, one
+PostgreSQL pool), ``view`` (the Redis read model, one Redis client),
+``due_index`` (the due-batch index beside the store) and ``kafka`` (the
+builders of aiokafka clients) are built on first use and kept; the
+long-running processes (``projector()``, ``outbox()``, ``worker()``,
+``due_follower()``) are built from them. ``close()`` closes what it built, in
+reverse order, and nothing it was given. ``batch_service()`` builds a further,
+separate service (tests use several "instances" at once).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from application.service import BatchService, utc_now
-from infrastructure.postgres import ddl_lock, ensure_database, event_store_env
+from infrastructure.kafka.clients import KafkaClients
+from infrastructure.postgres.due_index import DueIndex
+from infrastructure.postgres.listen import Listener
+from infrastructure.postgres.snapshots import prune_snapshots
+from infrastructure.postgres.store import ddl_lock, ensure_database, event_store_env
+from infrastructure.redis.view import RedisSlotView
 from infrastructure.settings import Settings, load_settings
-from infrastructure.snapshots import prune_snapshots
+
+if TYPE_CHECKING:
+    from infrastructure.processes.due_index import DueIndexFollower
+    from infrastructure.processes.outbox import Outbox
+    from infrastructure.processes.projector import Projector
+    from infrastructure.processes.worker import Worker
 
 
-@dataclass
 class Bootstrap:
-    settings: Settings
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        service: BatchService | None = None,
+        view: RedisSlotView | None = None,
+        **service_options: Any,
+    ) -> None:
+        self.settings = settings
+        self._service = service
+        self._view = view
+        self._due_index: DueIndex | None = None
+        self._service_options = service_options
+        self._closers: list[Callable[[], None]] = []
+        self.kafka = KafkaClients(settings)
 
     @classmethod
     def from_env(cls) -> Bootstrap:
         return cls(load_settings())
 
+    def __enter__(self) -> Bootstrap:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close what this container built (last built, first closed)."""
+        while self._closers:
+            self._closers.pop()()
+
+    # ------------------------------------------------------------ builders
+
     def event_store_env(self) -> dict[str, str]:
         return event_store_env(self.settings)
 
     def batch_service(self, clock: Callable[[], datetime] = utc_now, **kwargs: Any) -> BatchService:
+        """A new service with its own pool (the caller closes it); see ``service``."""
         ensure_database(self.settings)
         with ddl_lock(self.settings):  # the library creates its tables (CREATE_TABLE=y)
             return BatchService(
@@ -38,3 +84,68 @@ class Bootstrap:
                     **kwargs,
                 },
             )
+
+    @property
+    def service(self) -> BatchService:
+        """The event store's application (built once)."""
+        if self._service is None:
+            service = self.batch_service(**self._service_options)
+            self._service = service
+            self._closers.append(self._forget_service)
+        return self._service
+
+    def _forget_service(self) -> None:
+        service, self._service = self._service, None
+        if service is not None:
+            service.close()
+
+    @property
+    def view(self) -> RedisSlotView:
+        """The Redis read model (one client, built once)."""
+        if self._view is None:
+            view = RedisSlotView.from_settings(self.settings)
+            self._view = view
+            self._closers.append(self._forget_view)
+        return self._view
+
+    def _forget_view(self) -> None:
+        view, self._view = self._view, None
+        if view is not None:
+            view.close()
+
+    @property
+    def due_index(self) -> DueIndex:
+        """The due-batch index beside the store (its tables created once, under the DDL lock)."""
+        if self._due_index is None:
+            service = self.service
+            index = DueIndex(service.recorder.datastore, service.name)  # type: ignore[attr-defined]
+            with ddl_lock(self.settings):
+                index.create_table()
+            self._due_index = index
+        return self._due_index
+
+    def listener(self) -> Listener:
+        """A new LISTEN connection on the events table's channel (its follower closes it)."""
+        return Listener(self.settings, self.service.recorder.channel_name)  # type: ignore[attr-defined]
+
+    # ----------------------------------------------------------- processes
+
+    def projector(self, **options: Any) -> Projector:
+        from infrastructure.processes.projector import Projector
+
+        return Projector(self.settings, service=self.service, view=self.view, **options)
+
+    def outbox(self, **options: Any) -> Outbox:
+        from infrastructure.processes.outbox import Outbox
+
+        return Outbox(self.settings, self.service, kafka=self.kafka, **options)
+
+    def worker(self, **options: Any) -> Worker:
+        from infrastructure.processes.worker import Worker
+
+        return Worker(self.settings, self.service, kafka=self.kafka, **options)
+
+    def due_follower(self, **options: Any) -> DueIndexFollower:
+        from infrastructure.processes.due_index import DueIndexFollower
+
+        return DueIndexFollower(self.service, self.due_index, self.listener(), **options)

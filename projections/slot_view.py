@@ -2,7 +2,7 @@
 
 Pure: no I/O. ``read_model_of`` derives the model from the aggregate;
 ``change_of`` says what one event changes; ``fold`` applies a change with the
-per-batch version guard. The Redis Lua script (infrastructure/redis_scripts.py)
+per-batch version guard. The Redis Lua script (infrastructure/redis/scripts.py)
 applies exactly the same ``Change``, so folding the changes of a stream must
 equal ``read_model_of`` of the aggregate; the tests hold both to that.
 
@@ -17,33 +17,14 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime
 from typing import Any
 
-from domain.batch import Batch
+from domain.batch import STATUS_OF_OUTCOME, Batch
 
-SUMMARY_FIELDS = ("status", "expected", "assigned", "available", "pending", "failed", "excess")
-DEADLINES, PENDING = "deadlines", "pending"  # the two sweep indexes
-
-
-def summary_key(prefix: str, batch_id: str) -> str:
-    return f"{prefix}batch:{{{batch_id}}}:summary"
-
-
-def available_slots_key(prefix: str, batch_id: str) -> str:
-    return f"{prefix}batch:{{{batch_id}}}:available_slots"
-
-
-def assignments_key(prefix: str, batch_id: str) -> str:
-    return f"{prefix}batch:{{{batch_id}}}:assignments"
-
-
-def index_key(prefix: str, index: str) -> str:
-    return f"{prefix}batchslot:index:{index}"
-
-
-def tracking_key(prefix: str, application_name: str) -> str:
-    return f"{prefix}batchslot:tracking:{application_name}"
+# The summary hash's fields (CONTRACT §4), in the order they are shown.
+SUMMARY_FIELDS = (
+    "status", "expected", "assigned", "available", "pending", "failed", "excess", "version"
+)
 
 
 def empty_summary() -> dict[str, str]:
@@ -51,7 +32,6 @@ def empty_summary() -> dict[str, str]:
     return {
         "status": "awaiting_registration",
         **dict.fromkeys(SUMMARY_FIELDS[1:], "0"),
-        "version": "0",
     }
 
 
@@ -80,24 +60,9 @@ def read_model_of(batch: Batch) -> ReadModel:
     return ReadModel(summary, set(batch.available_slots), batch.assignments)
 
 
-def index_entries_of(batch: Batch) -> dict[str, str]:
-    """The sweep-index scores the batch should have: open batches by deadline,
-    unregistered ones by their oldest pending content."""
-    if batch.status == "open" and batch.deadline is not None:
-        return {DEADLINES: epoch(batch.deadline)}
-    if batch.status == "awaiting_registration" and batch.first_pending_at is not None:
-        return {PENDING: epoch(batch.first_pending_at)}
-    return {}
-
-
-def epoch(moment: datetime) -> str:
-    """A sorted-set score: seconds since the epoch, round-trippable."""
-    return repr(moment.timestamp())
-
-
 @dataclass(frozen=True)
 class Change:
-    """What one event changes in the view (and in the sweep indexes)."""
+    """What one event changes in the view."""
 
     set_fields: Mapping[str, str] = field(default_factory=dict)
     incr_fields: Mapping[str, int] = field(default_factory=dict)
@@ -105,9 +70,6 @@ class Change:
     add_slots: tuple[str, ...] = ()
     remove_slots: tuple[str, ...] = ()
     assign: Mapping[str, str] = field(default_factory=dict)
-    index: Mapping[str, str] = field(default_factory=dict)  # index -> score (ZADD)
-    index_nx: Mapping[str, str] = field(default_factory=dict)  # index -> score (ZADD NX)
-    unindex: tuple[str, ...] = ()  # indexes to leave (ZREM)
 
     def to_json(self) -> str:
         """The Lua script's argument: only the non-empty parts."""
@@ -132,11 +94,9 @@ def change_of(event: Any) -> Change:
         return Change(
             set_fields={"status": "open", "expected": n, "available": n},
             add_slots=tuple(data["essay_ids"]),
-            index={DEADLINES: epoch(data["deadline"])},
-            unindex=(PENDING,),
         )
     if kind == "ContentPended":
-        return Change(incr_fields={"pending": 1}, index_nx={PENDING: epoch(data["timestamp"])})
+        return Change(incr_fields={"pending": 1})
     if kind == "SlotAssigned":
         return Change(
             incr_fields={"assigned": 1, "available": -1},
@@ -149,10 +109,9 @@ def change_of(event: Any) -> Change:
     if kind == "ValidationFailureRecorded":
         return Change(incr_fields={"failed": 1})
     if kind == "BatchCompleted":
-        status = "completed" if data["outcome"] == "complete" else "timed_out"
-        return Change(set_fields={"status": status}, unindex=(DEADLINES,))
+        return Change(set_fields={"status": STATUS_OF_OUTCOME[data["outcome"]]})
     if kind == "PendingContentExpired":
-        return Change(set_fields={"status": "expired", "pending": "0"}, unindex=(PENDING,))
+        return Change(set_fields={"status": "expired", "pending": "0"})
     raise UnknownEvent(f"the slot-count view does not know event type {kind!r}")
 
 

@@ -65,10 +65,10 @@ from application.commands import (  # noqa: E402
 from application.messages import parse_message  # noqa: E402
 from domain import Batch, BatchRejection  # noqa: E402
 from infrastructure.bootstrap import Bootstrap  # noqa: E402
-from infrastructure.kafka import ensure_topics, make_consumer, make_producer  # noqa: E402
-from infrastructure.local_broker import LocalBroker  # noqa: E402
-from infrastructure.postgres import conninfo, ensure_database, event_store_env  # noqa: E402
-from infrastructure.redis_view import RedisSlotView  # noqa: E402
+from infrastructure.kafka.clients import ensure_topics, make_consumer, make_producer  # noqa: E402
+from infrastructure.kafka.local_broker import LocalBroker  # noqa: E402
+from infrastructure.postgres.store import conninfo, ensure_database, event_store_env  # noqa: E402
+from infrastructure.redis.view import RedisSlotView  # noqa: E402
 from infrastructure.scenario import Scenario, generate_load  # noqa: E402
 from infrastructure.settings import Settings, load_settings  # noqa: E402
 

@@ -83,10 +83,10 @@ from application.messages import InvalidMessage, parse_message  # noqa: E402
 from application.service import BatchService  # noqa: E402
 from domain import Batch  # noqa: E402
 from infrastructure.bootstrap import Bootstrap  # noqa: E402
-from infrastructure.kafka import ensure_topics, make_consumer, make_producer  # noqa: E402
-from infrastructure.local_broker import LocalBroker  # noqa: E402
-from infrastructure.postgres import conninfo, ensure_database  # noqa: E402
-from infrastructure.redis_view import RedisSlotView  # noqa: E402
+from infrastructure.kafka.clients import ensure_topics, make_consumer, make_producer  # noqa: E402
+from infrastructure.kafka.local_broker import LocalBroker  # noqa: E402
+from infrastructure.postgres.store import conninfo, ensure_database  # noqa: E402
+from infrastructure.redis.view import RedisSlotView  # noqa: E402
 from infrastructure.scenario import Message, Scenario, content, generate, registration  # noqa: E402
 from infrastructure.settings import Settings, load_settings  # noqa: E402
 from projections.envelope import event_id_of  # noqa: E402

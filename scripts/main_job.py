@@ -31,11 +31,11 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
-from infrastructure.kafka import ensure_topics, make_consumer, make_producer
-from infrastructure.local_broker import BrokerUnavailable
-from infrastructure.postgres import ensure_database
-from infrastructure.redis_view import RedisSlotView
-from infrastructure.runtime import local_broker_if_needed
+from infrastructure.kafka.clients import ensure_topics, make_consumer, make_producer
+from infrastructure.kafka.local_broker import BrokerUnavailable
+from infrastructure.postgres.store import ensure_database
+from infrastructure.processes.runtime import local_broker_if_needed
+from infrastructure.redis.view import RedisSlotView
 from infrastructure.scenario import Scenario, generate
 from infrastructure.settings import Settings, SettingsError, load_settings
 

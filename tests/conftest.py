@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, settings
 
 from application.service import BatchService
 from infrastructure.bootstrap import Bootstrap
-from infrastructure.local_broker import LocalBroker
-from infrastructure.postgres import conninfo
+from infrastructure.kafka.local_broker import LocalBroker
+from infrastructure.postgres.store import conninfo
 from infrastructure.settings import Settings, load_settings
 
 settings.register_profile(

@@ -65,13 +65,17 @@ def settings() -> Settings:
 
 
 @contextmanager
+def container(s: Settings | None = None) -> Iterator[Bootstrap]:
+    """The wiring container; what it built is closed when the command ends."""
+    with Bootstrap(s or settings()) as built:
+        yield built
+
+
+@contextmanager
 def batch_service(s: Settings | None = None) -> Iterator[BatchService]:
     """The event store's application, closed when the command ends."""
-    service = Bootstrap(s or settings()).batch_service()
-    try:
-        yield service
-    finally:
-        service.close()
+    with container(s) as built:
+        yield built.service
 
 
 def print_json(document: Any) -> None:

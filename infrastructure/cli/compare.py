@@ -9,10 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from projections.slot_view import ReadModel
-
-SUMMARY_FIELDS = ("status", "expected", "assigned", "available", "pending", "failed", "excess",
-                  "version")
+from projections.slot_view import SUMMARY_FIELDS, ReadModel
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import closing
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Annotated, Any
@@ -15,7 +14,7 @@ from eventsourcing.domain import OriginatorIDError, OriginatorVersionError
 from domain import Batch
 from infrastructure.cli.common import (
     JSON_HELP,
-    batch_service,
+    container,
     err,
     out,
     print_json,
@@ -25,9 +24,8 @@ from infrastructure.cli.common import (
 )
 from infrastructure.cli.compare import Difference, compare
 from infrastructure.cli.events import fold
-from infrastructure.cli.eventstore import EventStoreReader
-from infrastructure.projector import rebuild as rebuild_read_model
-from infrastructure.redis_view import RedisSlotView
+from infrastructure.postgres.reader import EventStoreReader
+from infrastructure.processes.projector import rebuild as rebuild_read_model
 from infrastructure.settings import Settings
 from projections.slot_view import read_model_of
 
@@ -133,11 +131,8 @@ def _scan(
     progress: Callable[[int, int], None],
 ) -> tuple[int, int | None]:
     """Compare every stream, then look for read-model-only batches; return both positions."""
-    with (
-        closing(RedisSlotView.from_settings(s)) as view,
-        batch_service(s) as service,
-        EventStoreReader(service, s) as reader,
-    ):
+    with container(s) as built, EventStoreReader(built.service, s) as reader:
+        service, view = built.service, built.view
         total = reader.count_events()
         positions = reader.max_position(), view.position()
         for stream in reader.streams():

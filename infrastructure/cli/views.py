@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from contextlib import closing
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,10 +10,10 @@ from rich.table import Table
 from rich.text import Text
 
 from domain import Batch
-from infrastructure.cli.compare import SUMMARY_FIELDS, Difference, compare
-from infrastructure.redis_view import RedisSlotView
+from infrastructure.bootstrap import Bootstrap
+from infrastructure.cli.compare import Difference, compare
 from infrastructure.settings import Settings
-from projections.slot_view import ReadModel, read_model_of
+from projections.slot_view import SUMMARY_FIELDS, ReadModel, read_model_of
 
 
 def read_model_json(model: ReadModel | None) -> dict[str, Any] | None:
@@ -44,8 +43,8 @@ class BothSides:
     @classmethod
     def of(cls, settings: Settings, batch_id: str, batch: Batch | None) -> BothSides:
         store = read_model_of(batch) if batch is not None else None
-        with closing(RedisSlotView.from_settings(settings)) as view:
-            current = view.read_batch(batch_id)
+        with Bootstrap(settings) as container:
+            current = container.view.read_batch(batch_id)
         return cls(batch_id, store, current, compare(batch_id, store, current))
 
     @property

@@ -33,11 +33,11 @@ from urllib.parse import urlsplit
 import pytest
 import redis
 
-from infrastructure.kafka import ensure_topics
-from infrastructure.local_broker import LocalBroker
+from infrastructure.kafka.clients import ensure_topics
+from infrastructure.kafka.local_broker import LocalBroker
+from infrastructure.redis.keys import summary_key
 from infrastructure.scenario import Scenario, content, generate, registration
 from infrastructure.settings import Settings
-from projections.slot_view import summary_key
 from tests.conftest import TEST_DATABASE_URL, TEST_REDIS_URL, drop_redis_prefix, drop_schema
 from tests.e2e.conftest import consume, kafka_settings, produce
 from tests.support.proxy import ProxyThread

@@ -13,11 +13,9 @@ import pytest
 from application.commands import AnyCommand, ProvisionContent, RegisterBatch
 from application.service import BatchService, Result
 from infrastructure.bootstrap import Bootstrap
-from infrastructure.postgres import conninfo
-from infrastructure.projector import rebuild
-from infrastructure.redis_view import RedisSlotView
+from infrastructure.postgres.store import conninfo
+from infrastructure.processes.sweep import sweep_once
 from infrastructure.settings import Settings
-from infrastructure.sweep import sweep_once
 from tests.conftest import ManualClock
 
 
@@ -68,7 +66,7 @@ def test_a_full_5000_slot_batch_stores_at_most_twice_its_events(
 
 
 def test_the_sweep_closes_many_due_batches_in_bounded_pages(
-    test_settings: Settings, view: RedisSlotView, monkeypatch: pytest.MonkeyPatch
+    test_settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     clock = ManualClock()
     service = Bootstrap(test_settings).batch_service(clock=clock)
@@ -81,7 +79,11 @@ def test_the_sweep_closes_many_due_batches_in_bounded_pages(
                     for b in due[i : i + 200]
                 ]
             )
-        rebuild(test_settings, service=service, view=view)  # the deadline index
+        container = Bootstrap(test_settings, service=service)
+        index = container.due_index
+        follower = container.due_follower()
+        page = service.recorder.select_notifications(start=0, limit=10_000)
+        follower.apply(page, 0)  # the due-batch index, as its follower keeps it
         clock.advance(service.timeout_seconds + 1)  # after an outage: every batch is due
         calls: list[int] = []
         execute = service.execute
@@ -91,7 +93,7 @@ def test_the_sweep_closes_many_due_batches_in_bounded_pages(
             return execute(commands)
 
         monkeypatch.setattr(service, "execute", counted)
-        results = sweep_once(service, view)
+        results = sweep_once(service, index)
         closed = {r.command.batch_id for r in results if r.outcome == "recorded"}
         assert closed == set(due)
         assert calls == [500, 500, 200]

@@ -7,8 +7,8 @@ import uuid
 
 from aiokafka.admin import AIOKafkaAdminClient
 
-from infrastructure.kafka import client_kwargs, ensure_topics
-from infrastructure.local_broker import LocalBroker
+from infrastructure.kafka.clients import client_kwargs, ensure_topics
+from infrastructure.kafka.local_broker import LocalBroker
 from tests.conftest import make_settings
 
 

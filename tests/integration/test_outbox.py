@@ -23,9 +23,9 @@ from hypothesis import settings as hsettings
 from application.commands import ProvisionContent, RegisterBatch
 from application.service import BatchService
 from infrastructure.bootstrap import Bootstrap
-from infrastructure.kafka import make_consumer
-from infrastructure.local_broker import LocalBroker
-from infrastructure.outbox import Outbox, run_outbox
+from infrastructure.kafka.clients import make_consumer
+from infrastructure.kafka.local_broker import LocalBroker
+from infrastructure.processes.outbox import Outbox, run_outbox
 from infrastructure.settings import Settings
 from projections.envelope import envelope_of
 from tests.conftest import ManualClock, drop_schema, make_settings

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -13,16 +12,15 @@ from eventsourcing.tests import persistence as library_tests
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 
-from application.commands import ProvisionContent, RegisterBatch
+from application.commands import RegisterBatch
 from application.service import BatchService
 from infrastructure.bootstrap import Bootstrap
-from infrastructure.projector import Projector
-from infrastructure.redis_view import PositionLost, RedisSlotView
+from infrastructure.processes.projector import Projector
+from infrastructure.redis.view import PositionLost, RedisSlotView
 from infrastructure.settings import Settings
-from projections.slot_view import DEADLINES, PENDING, VersionGap, index_entries_of
+from projections.slot_view import VersionGap
 from tests.conftest import ManualClock, drop_redis_prefix, make_settings
 from tests.integration.slot_support import (
-    batch_of,
     busy_workload,
     everything,
     expected_models,
@@ -91,15 +89,6 @@ def test_projected_keys_equal_the_aggregates_read_model(
     projector.wait_for(head(clocked), timeout=10)
     ids = [b + suffix for b in ("b-alpha", "b-beta", "b-gamma")]
     assert view_models(projector.view, ids) == expected_models(clocked, ids)
-    due = set(projector.view.due_for_timeout(clock.now))
-    for b in ids:
-        batch = clocked.get_batch(b)
-        for index in (DEADLINES, PENDING):
-            entry = None if batch is None else index_entries_of(batch).get(index)
-            score = projector.view.index_members(index).get(b)
-            assert score == (None if entry is None else float(entry)), (b, index)
-        deadline = batch.deadline if batch is not None and batch.status == "open" else None
-        assert (b in due) == (deadline is not None and deadline <= clock.now)
 
 
 def test_redelivered_and_replayed_events_change_nothing(
@@ -149,40 +138,6 @@ def test_a_lost_position_is_noticed_on_the_next_write(
 def drop_redis_prefix_of(view: RedisSlotView) -> None:
     keys = list(view.client.scan_iter(match=f"{view.prefix}*"))
     view.client.delete(*keys)
-
-
-def test_deadline_and_pending_indexes_drive_the_sweep(
-    clocked: BatchService, clock: ManualClock, view: RedisSlotView
-) -> None:
-    t0 = clock.now
-    clocked.execute(
-        [
-            RegisterBatch(batch_id="open", correlation_id="c", essay_ids=["e1", "e2"]),
-            ProvisionContent(
-                batch_id="early",
-                correlation_id="c",
-                text_storage_id="t1",
-                file_upload_id="f1",
-                original_file_name="a",
-            ),
-        ]
-    )
-    replay(clocked, view)
-    deadline = t0 + timedelta(seconds=TIMEOUT_SECONDS)
-    assert view.due_for_timeout(deadline - timedelta(seconds=1)) == []
-    assert view.due_for_timeout(deadline) == ["open"]
-    assert (
-        view.due_for_expiry(t0 + timedelta(seconds=PENDING_TTL_SECONDS - 1), PENDING_TTL_SECONDS)
-        == []
-    )
-    assert view.due_for_expiry(
-        t0 + timedelta(seconds=PENDING_TTL_SECONDS), PENDING_TTL_SECONDS
-    ) == ["early"]
-    clocked.execute([RegisterBatch(batch_id="early", correlation_id="c", essay_ids=["e1", "e2"])])
-    replay(clocked, view)
-    assert view.due_for_expiry(t0 + timedelta(days=9), PENDING_TTL_SECONDS) == []
-    assert sorted(view.due_for_timeout(deadline)) == ["early", "open"]
-    assert batch_of(clocked, "early").status == "open"
 
 
 def test_batch_ids_lists_exactly_this_prefixes_batches(

@@ -20,18 +20,15 @@ from application.commands import (
     TimeOutBatch,
 )
 from domain import Batch, BatchRejection
+from infrastructure.redis.keys import assignments_key, available_slots_key, summary_key
 from projections.slot_view import (
     Change,
     ReadModel,
     UnknownEvent,
     VersionGap,
-    assignments_key,
-    available_slots_key,
     change_of,
     fold,
-    index_entries_of,
     read_model_of,
-    summary_key,
 )
 from tests.strategies import PENDING_TTL_SECONDS, TIMEOUT_SECONDS, Tick, workloads
 
@@ -94,21 +91,18 @@ def test_each_event_type_maps_to_its_change() -> None:
     ]
     events = registered(["e1", "e2"], pending=3).collect_events()
     assert change_of(events[0]).incr_fields == {"pending": 1}
-    assert change_of(events[0]).index_nx == {"pending": repr(T0.timestamp())}
     reg = change_of(events[3])
     assert reg.set_fields == {"status": "open", "expected": "2", "available": "2"}
-    assert reg.add_slots == ("e1", "e2") and reg.unindex == ("pending",)
-    assert reg.index == {"deadlines": repr((T0 + timedelta(seconds=60)).timestamp())}
+    assert reg.add_slots == ("e1", "e2")
     assign = change_of(events[4])
     assert assign.assign == {"e1": "t0"} and assign.remove_slots == ("e1",)
     assert assign.incr_fields == {"assigned": 1, "available": -1} and assign.drain_pending
     assert change_of(events[6]) == Change(incr_fields={"excess": 1}, drain_pending=True)
 
 
-def test_completion_timeout_and_expiry_leave_the_indexes() -> None:
+def test_completion_timeout_and_expiry_set_the_status() -> None:
     done = registered(["e1"], pending=1).collect_events()[-1]
     assert change_of(done).set_fields == {"status": "completed"}
-    assert change_of(done).unindex == ("deadlines",)
     late = registered(["e1"])
     late.time_out(T0 + timedelta(seconds=61), "c")
     assert change_of(late.collect_events()[-1]).set_fields == {"status": "timed_out"}
@@ -117,17 +111,6 @@ def test_completion_timeout_and_expiry_leave_the_indexes() -> None:
     old.expire_pending(T0 + timedelta(seconds=10), 10, "c")
     expired = change_of(old.collect_events()[-1])
     assert expired.set_fields == {"status": "expired", "pending": "0"}
-    assert expired.unindex == ("pending",)
-    assert index_entries_of(old) == {}
-
-
-def test_index_entries_of_open_and_unregistered_batches() -> None:
-    assert index_entries_of(registered(["e1", "e2"])) == {
-        "deadlines": repr((T0 + timedelta(seconds=60)).timestamp())
-    }
-    waiting = Batch.start("b", T0)
-    waiting.provision_content("t", "f", "x", T0 + timedelta(seconds=5), "c")
-    assert index_entries_of(waiting) == {"pending": repr((T0 + timedelta(seconds=5)).timestamp())}
 
 
 def test_fold_ignores_a_replayed_event_and_refuses_a_gap() -> None:

@@ -18,7 +18,7 @@ Ordering without an idempotent producer (read from aiokafka 0.14's source,
 - Without idempotence a batch is *expired* after ``request_timeout_ms`` and
   failed, and the partition's next batch may then be sent. The outbox closes
   that last gap itself: it keeps at most one batch per partition outstanding
-  and republishes the whole page after any failure (see ``outbox.py``).
+  and republishes the whole page after any failure (see ``infrastructure/processes/outbox.py``).
 
 With ``acks="all"`` a send is acknowledged only once every in-sync replica has
 it. ``KAFKA_ENABLE_IDEMPOTENCE=true`` (for brokers that support it; Tansu does
@@ -29,6 +29,7 @@ broker-side retries introduce no duplicates.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -133,3 +134,19 @@ async def ensure_topics(settings: Settings) -> list[str]:
         return created
     finally:
         await admin.close()
+
+
+@dataclass(frozen=True)
+class KafkaClients:
+    """The builders above bound to the settings: what the container hands to a process."""
+
+    settings: Settings
+
+    def producer(self, **overrides: Any) -> AIOKafkaProducer:
+        return make_producer(self.settings, **overrides)
+
+    def consumer(self, *topics: str, group_id: str | None, **overrides: Any) -> AIOKafkaConsumer:
+        return make_consumer(self.settings, *topics, group_id=group_id, **overrides)
+
+    async def ensure_topics(self) -> list[str]:
+        return await ensure_topics(self.settings)

@@ -1,13 +1,13 @@
 """The Lua scripts of the Redis slot view. Each runs atomically in Redis.
 
-APPLY is the twin of ``projections.slot_view.fold``: one event's changes, the
-sweep-index entries and the projection position move together, or not at all.
+APPLY is the twin of ``projections.slot_view.fold``: one event's changes and
+the projection position move together, or not at all.
 Return codes: 1 applied, 0 already applied (version guard), -1 version gap
 (nothing written), -2 position behind what the caller last wrote (the
 tracking key was lost, e.g. Redis was flushed; nothing written).
 
-The batch keys share a hash tag; the tracking and index keys do not, so these
-scripts need a single Redis instance (not Cluster) to touch them together.
+The batch keys share a hash tag; the tracking key does not, so APPLY needs a
+single Redis instance (not Cluster) to touch them together.
 """
 
 from __future__ import annotations
@@ -43,12 +43,6 @@ if version == have + 1 then
   each_chunk(c.add_slots or {}, function(part) redis.call('SADD', KEYS[2], unpack(part)) end)
   each_chunk(c.remove_slots or {}, function(part) redis.call('SREM', KEYS[2], unpack(part)) end)
   for e, t in pairs(c.assign or {}) do redis.call('HSET', KEYS[3], e, t) end
-  local index = {deadlines = KEYS[5], pending = KEYS[6]}
-  for name, score in pairs(c.index or {}) do redis.call('ZADD', index[name], score, ARGV[3]) end
-  for name, score in pairs(c.index_nx or {}) do
-    redis.call('ZADD', index[name], 'NX', score, ARGV[3])
-  end
-  for _, name in ipairs(c.unindex or {}) do redis.call('ZREM', index[name], ARGV[3]) end
   applied = 1
 end
 if not cur or tonumber(cur) < nid then redis.call('SET', KEYS[4], ARGV[1]) end
@@ -70,8 +64,7 @@ redis.call('SET', KEYS[1], ARGV[1])
 return 1
 """
 
-# KEYS: live summary, slots, assignments, shadow summary, slots, assignments,
-#       live deadlines, live pending, shadow deadlines, shadow pending.
+# KEYS: live summary, slots, assignments, shadow summary, slots, assignments.
 # ARGV[1] batch id, ARGV[2] '1' = replace even a newer live batch (the store lost
 # its events: restored from an older backup). Otherwise swaps the shadow batch in
 # unless the live one is newer (a running projector got there first).
@@ -89,21 +82,14 @@ for i = 1, 3 do
     redis.call('DEL', KEYS[i])
   end
 end
-for i = 7, 8 do
-  local score = redis.call('ZSCORE', KEYS[i + 2], ARGV[1])
-  if score then redis.call('ZADD', KEYS[i], score, ARGV[1])
-  else redis.call('ZREM', KEYS[i], ARGV[1]) end
-end
 return 1
 """
 
-# KEYS: summary, slots, assignments, deadlines, pending. ARGV: batch id, version seen.
+# KEYS: summary, slots, assignments. ARGV: batch id, version seen.
 # Drops a batch only if nothing was projected into it since it was seen.
 DROP = """
 local v = redis.call('HGET', KEYS[1], 'version')
 if v and v ~= ARGV[2] then return 0 end
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
-redis.call('ZREM', KEYS[4], ARGV[1])
-redis.call('ZREM', KEYS[5], ARGV[1])
 return 1
 """

@@ -17,17 +17,17 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from application.service import BatchService
-from infrastructure import metrics, pg_timeouts
+from infrastructure import metrics
 from infrastructure.bootstrap import Bootstrap
-from infrastructure.kafka import ensure_topics
-from infrastructure.local_broker import BrokerUnavailable, LocalBroker, answers, first_address
-from infrastructure.outbox import Outbox
-from infrastructure.projector import Projector
-from infrastructure.redis_view import RedisSlotView
+from infrastructure.kafka.local_broker import BrokerUnavailable, LocalBroker, answers, first_address
+from infrastructure.postgres import timeouts as pg_timeouts
+from infrastructure.processes.outbox import Outbox
+from infrastructure.processes.projector import Projector
+from infrastructure.processes.sweep import run_sweep
+from infrastructure.processes.watchdog import Reading, StallTracker, watch
+from infrastructure.processes.worker import Worker
+from infrastructure.redis.view import RedisSlotView
 from infrastructure.settings import Settings
-from infrastructure.sweep import run_sweep
-from infrastructure.watchdog import Reading, StallTracker, watch
-from infrastructure.worker import Worker
 
 log = logging.getLogger("batchslot.runtime")
 T = TypeVar("T")
@@ -68,48 +68,45 @@ async def serve(settings: Settings, parts: Parts, stop: asyncio.Event | None = N
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     metrics.serve(settings.metrics_port)
+    # One container: one service (one connection pool), one Redis client for every part.
+    container = Bootstrap(settings, on_conflict=metrics.CONFLICTS.inc)
     if parts.needs_kafka:
-        await _when_available("Kafka", lambda: ensure_topics(settings), stop, settings)
-    service = await _when_available(
-        "PostgreSQL",
-        lambda: asyncio.to_thread(
-            Bootstrap(settings).batch_service, on_conflict=metrics.CONFLICTS.inc
-        ),
-        stop,
-        settings,
-    )
-    # One service (one connection pool) and one Redis client for every part.
-    view = RedisSlotView.from_settings(settings)
-    projector = Projector(settings, service=service, view=view) if parts.projector else None
-    outbox = Outbox(settings, service) if parts.outbox else None
-    jobs: list[Coroutine[Any, Any, None]] = [_report_lag(service, view, outbox, stop)]
-    if outbox is not None:
-        jobs.append(outbox.run(stop))
-        jobs.append(_watch_outbox(outbox, service, settings, stop))
-    if parts.worker:
-        worker = Worker(settings, service)
-        jobs.append(worker.run(stop))
-        jobs.append(_watch_worker(worker, settings, stop))
-    if parts.sweep:
-        jobs.append(run_sweep(service, view, settings.sweep_interval_seconds, stop))
-    if projector is not None:
-        projector.start()
-        jobs.append(_watch_projector(projector, stop))
-        jobs.append(_watch_projector_progress(projector, service, settings, stop))
-    log.info("service started", extra={"parts": vars(parts), "settings": settings.redacted()})
-    tasks = [asyncio.create_task(job) for job in jobs]
+        await _when_available("Kafka", container.kafka.ensure_topics, stop, settings)
     try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-        for task in done:
-            if task.exception() is not None:
-                raise task.exception()  # type: ignore[misc]
+        service = await _when_available(
+            "PostgreSQL", lambda: asyncio.to_thread(lambda: container.service), stop, settings
+        )
+        view = container.view
+        outbox = container.outbox() if parts.outbox else None
+        jobs: list[Coroutine[Any, Any, None]] = [_report_lag(service, view, outbox, stop)]
+        if outbox is not None:
+            jobs.append(outbox.run(stop))
+            jobs.append(_watch_outbox(outbox, service, settings, stop))
+        if parts.worker:
+            worker = container.worker()
+            jobs.append(worker.run(stop))
+            jobs.append(_watch_worker(worker, settings, stop))
+        if parts.sweep:
+            # The sweep reads the due-batch index in PostgreSQL, kept up to date right here.
+            index = await asyncio.to_thread(lambda: container.due_index)
+            jobs.append(container.due_follower().run(stop))
+            jobs.append(run_sweep(service, index, settings.sweep_interval_seconds, stop))
+        if parts.projector:
+            projector = container.projector()
+            jobs.append(projector.serve(stop))
+            jobs.append(_watch_projector_progress(projector, service, settings, stop))
+        log.info("service started", extra={"parts": vars(parts), "settings": settings.redacted()})
+        tasks = [asyncio.create_task(job) for job in jobs]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                if task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks, return_exceptions=True)
     finally:
-        stop.set()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        if projector is not None:
-            await asyncio.to_thread(projector.stop)
-        view.close()
-        service.close()
+        container.close()
         log.info("service stopped")
 
 
@@ -131,16 +128,6 @@ async def _when_available(
             log.warning(f"{name} not available yet; retrying", extra={"error": repr(e)[:200]})
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
-
-
-async def _watch_projector(projector: Projector, stop: asyncio.Event) -> None:
-    """Surface a projector thread failure; return when stopping."""
-    while not stop.is_set():
-        error = projector.error
-        if error is not None:
-            raise error
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=0.5)
 
 
 async def _report_lag(
@@ -207,11 +194,8 @@ async def _watch_projector_progress(
             "(notifications or a read) or Redis",
         )
 
-    async def recycle() -> None:
-        await asyncio.to_thread(projector.recycle)
-
     tracker = StallTracker("projector", settings.stall_timeout_seconds)
-    await watch(tracker, probe, recycle, stop)
+    await watch(tracker, probe, projector.recycle, stop)
 
 
 async def _watch_outbox(

@@ -2,7 +2,7 @@
 
 The log is replayed (up to the position at the start) under shadow keys that
 carry the same hash tags as the live ones; then each batch is swapped in by
-one Lua script (RENAME of its three keys and its index entries) unless the
+one Lua script (RENAME of its three keys) unless the
 live batch is already newer, so a reader sees the old model or the new one,
 never a missing or partial batch and never a count going backwards. A running
 projector may go on writing the live keys meanwhile.
@@ -28,9 +28,8 @@ from eventsourcing.persistence import Tracking
 from application.service import BatchService
 from domain.batch import Batch
 from infrastructure.bootstrap import Bootstrap
-from infrastructure.redis_view import RedisSlotView
+from infrastructure.redis.view import RedisSlotView
 from infrastructure.settings import Settings
-from projections.slot_view import DEADLINES, PENDING
 
 Progress = Callable[[int, int], None]  # (position reached, target position)
 
@@ -51,31 +50,24 @@ def rebuild(
     page_size: int = 1000,
 ) -> RebuildSummary:
     started = time.monotonic()
-    app = service or Bootstrap(settings).batch_service()
-    live = view or RedisSlotView.from_settings(settings)
-    shadow = live.shadow(uuid.uuid4().hex)
-    try:
-        target = app.recorder.max_notification_id() or 0
-        events, batch_ids = _replay(app, shadow, target, page_size, progress)
-        ordered = sorted(batch_ids)
-        for i in range(0, len(ordered), 500):
-            chunk = ordered[i : i + 500]
-            live.swap_in(shadow, chunk, force=_lost_by_store(app, live, shadow, chunk))
-        _drop_strays(app, live, batch_ids)
-        for index in (DEADLINES, PENDING):
-            for batch_id in live.index_members(index).keys() - batch_ids:
-                live.drop(batch_id, seen_version="")  # index entries of batches with no keys
-        position = live.position()
-        if position is not None and position > (app.recorder.max_notification_id() or 0):
-            live.set_position(target)  # ahead of the store: it was restored from a backup
-        elif target:
-            live.advance_position(target)
-    finally:
-        _delete_shadow(shadow)
-        if service is None:
-            app.close()
-        if view is None:
-            live.close()
+    with Bootstrap(settings, service=service, view=view) as container:  # closes only its own
+        app, live = container.service, container.view
+        shadow = live.shadow(uuid.uuid4().hex)
+        try:
+            target = app.recorder.max_notification_id() or 0
+            events, batch_ids = _replay(app, shadow, target, page_size, progress)
+            ordered = sorted(batch_ids)
+            for i in range(0, len(ordered), 500):
+                chunk = ordered[i : i + 500]
+                live.swap_in(shadow, chunk, force=_lost_by_store(app, live, shadow, chunk))
+            _drop_strays(app, live, batch_ids)
+            position = live.position()
+            if position is not None and position > (app.recorder.max_notification_id() or 0):
+                live.set_position(target)  # ahead of the store: it was restored from a backup
+            elif target:
+                live.advance_position(target)
+        finally:
+            _delete_shadow(shadow)
     return RebuildSummary(events, len(batch_ids), time.monotonic() - started)
 
 

@@ -24,12 +24,12 @@ from aiokafka.errors import CommitFailedError, IllegalStateError
 from application.messages import InvalidMessage, TopicKind
 from application.service import BatchService, Result
 from infrastructure import metrics
-from infrastructure.dlq import DLQ_MAX_REQUEST_BYTES, DeadLetter, send_dead_letters
-from infrastructure.inbound import parse_counted
-from infrastructure.kafka import make_consumer, make_producer
+from infrastructure.kafka.clients import KafkaClients
+from infrastructure.kafka.dlq import DLQ_MAX_REQUEST_BYTES, DeadLetter, send_dead_letters
+from infrastructure.kafka.inbound import parse_counted
+from infrastructure.kafka.undecodable import MAX_UNEXPLAINED, is_decode_error, scan_partition
 from infrastructure.settings import Settings
 from infrastructure.transient import TRANSIENT, DependencyDown, is_transient, store_writable
-from infrastructure.undecodable import MAX_UNEXPLAINED, is_decode_error, scan_partition
 
 log = logging.getLogger("batchslot.worker")
 
@@ -55,16 +55,24 @@ class _CommitOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 class Worker:
-    def __init__(self, settings: Settings, service: BatchService, max_records: int = 1000) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        service: BatchService,
+        max_records: int = 1000,
+        *,
+        kafka: KafkaClients | None = None,
+    ) -> None:
         self.settings = settings
         self.service = service
+        self.kafka = kafka or KafkaClients(settings)
         self.max_records = max_records
         self.kind_of: dict[str, TopicKind] = {
             topic: kind  # type: ignore[misc]
             for kind, topic in settings.topics.by_kind.items()
         }
         self._lock = asyncio.Lock()
-        # For the stall watchdog (infrastructure/watchdog.py): progress and lag.
+        # For the stall watchdog (infrastructure/processes/watchdog.py): progress and lag.
         self.handled = 0  # messages handled (recorded, no-op or dead-lettered)
         self.in_hand = 0  # messages of the poll being handled now
         self.retrying = False  # the last attempt failed transiently (a dependency is down)
@@ -73,15 +81,14 @@ class Worker:
         self._unexplained = 0  # decode errors in a row that a re-read did not explain
 
     async def run(self, stop: asyncio.Event) -> None:
-        consumer = make_consumer(
-            self.settings,
+        consumer = self.kafka.consumer(
             group_id=self.settings.kafka_consumer_group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=self.max_records,
         )
         consumer.subscribe(list(self.kind_of), listener=_CommitOnRevoke(self._lock))
-        producer = make_producer(self.settings, max_request_size=DLQ_MAX_REQUEST_BYTES)
+        producer = self.kafka.producer(max_request_size=DLQ_MAX_REQUEST_BYTES)
         await consumer.start()
         await producer.start()
         self._consumer = consumer
@@ -154,7 +161,7 @@ class Worker:
     ) -> None:
         """A record batch cannot be decoded: dead-letter it and move past it.
 
-        See ``infrastructure/undecodable.py``: every assigned partition is
+        See ``infrastructure/kafka/undecodable.py``: every assigned partition is
         re-read from its committed offset; records before the bad batch are
         handled, the batch is dead-lettered (UNDECODABLE_BATCH) and committed past.
         """

@@ -1,15 +1,16 @@
 """The Redis slot view (CONTRACT §4): an eventsourcing ``TrackingRecorder``.
 
-Every event is applied by one Lua script (infrastructure/redis_scripts.py)
-that writes the batch's keys, its sweep-index entries and the projection
-position atomically, guarded by the batch's version: a re-delivered or
-replayed event changes nothing. Many events go in one pipelined round trip.
+Every event is applied by one Lua script (infrastructure/redis/scripts.py)
+that writes the batch's keys and the projection position atomically, guarded
+by the batch's version: a re-delivered or replayed event changes nothing. Many
+events go in one pipelined round trip. It holds only the public read model
+(CONTRACT §4) and its position; the timeout sweep reads PostgreSQL
+(infrastructure/postgres/due_index.py), never this cache.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence, Set
-from datetime import datetime
 from typing import Any, cast
 
 import redis
@@ -17,20 +18,15 @@ from eventsourcing.persistence import IntegrityError, Tracking, TrackingRecorder
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from infrastructure import redis_scripts as lua
-from infrastructure.settings import Settings
-from projections.slot_view import (
-    DEADLINES,
-    PENDING,
-    ReadModel,
-    VersionGap,
+from infrastructure.redis import scripts as lua
+from infrastructure.redis.keys import (
     assignments_key,
     available_slots_key,
-    change_of,
-    index_key,
     summary_key,
     tracking_key,
 )
+from infrastructure.settings import Settings
+from projections.slot_view import ReadModel, VersionGap, change_of
 
 APPLICATION_NAME = "BatchService"  # the upstream application (its notification log)
 
@@ -114,7 +110,7 @@ class RedisSlotView(TrackingRecorder):
         for event, tracking in events:
             batch_id: str = event.batch_id
             self._apply(
-                keys=[*self.batch_keys(batch_id), self._tracking(), *self.index_keys()],
+                keys=[*self.batch_keys(batch_id), self._tracking()],
                 args=[
                     tracking.notification_id,
                     "" if previous is None else previous,
@@ -145,7 +141,6 @@ class RedisSlotView(TrackingRecorder):
         pipe = self.client.pipeline(transaction=False)
         for batch_id in batch_ids:
             keys = [*self.batch_keys(batch_id), *shadow.batch_keys(batch_id)]
-            keys += [*self.index_keys(), *shadow.index_keys()]
             self._swap(keys=keys, args=[batch_id, "1" if batch_id in force else ""], client=pipe)
         return sum(cast(list[int], pipe.execute()))
 
@@ -163,8 +158,7 @@ class RedisSlotView(TrackingRecorder):
 
     def drop(self, batch_id: str, seen_version: str) -> bool:
         """Delete a batch's keys unless it changed since it was seen at ``seen_version``."""
-        keys = [*self.batch_keys(batch_id), *self.index_keys()]
-        return bool(self._drop(keys=keys, args=[batch_id, seen_version]))
+        return bool(self._drop(keys=self.batch_keys(batch_id), args=[batch_id, seen_version]))
 
     # --------------------------------------------------------------- reads
 
@@ -183,26 +177,6 @@ class RedisSlotView(TrackingRecorder):
             if "{" not in batch_id and "}" not in batch_id:
                 yield batch_id
 
-    def due_for_timeout(self, now: datetime, *, limit: int | None = None) -> list[str]:
-        """Open batches whose deadline is at or before ``now``."""
-        return self._due(DEADLINES, now.timestamp(), limit)
-
-    def due_for_expiry(
-        self, now: datetime, ttl_seconds: int, *, limit: int | None = None
-    ) -> list[str]:
-        """Unregistered batches whose oldest pending content is ``ttl_seconds`` old."""
-        return self._due(PENDING, now.timestamp() - ttl_seconds, limit)
-
-    def index_members(self, index: str) -> dict[str, float]:
-        pairs = self.client.zrange(index_key(self.prefix, index), 0, -1, withscores=True)
-        return dict(cast(list[tuple[str, float]], pairs))
-
-    def _due(self, index: str, max_score: float, limit: int | None) -> list[str]:
-        key = index_key(self.prefix, index)
-        start, num = (0, limit) if limit is not None else (None, None)
-        found = self.client.zrangebyscore(key, "-inf", repr(max_score), start=start, num=num)
-        return list(cast(list[str], found))
-
     # ---------------------------------------------------------------- keys
 
     def batch_keys(self, batch_id: str) -> list[str]:
@@ -212,9 +186,6 @@ class RedisSlotView(TrackingRecorder):
             available_slots_key(p, batch_id),
             assignments_key(p, batch_id),
         ]
-
-    def index_keys(self) -> list[str]:
-        return [index_key(self.prefix, DEADLINES), index_key(self.prefix, PENDING)]
 
     def _tracking(self) -> str:
         return tracking_key(self.prefix, self.application_name)

@@ -31,7 +31,7 @@ Refused events (a record the producer or the broker will never take, e.g.
 MESSAGE_SIZE_TOO_LARGE; see ``REFUSALS``) do not hold back other batches: a
 page refused ``refusal_attempts`` times is sent one record at a time; each
 refused record and every later event of its batch are parked
-(``infrastructure/outbox_parking.py``), the position moves past the page,
+(``infrastructure/postgres/parking.py``), the position moves past the page,
 and parked events are retried per batch, in order, every
 ``parked_retry_seconds``. Retriable trouble (broker down, timeouts) never
 parks anything: the page is retried, as nothing could be published anyway.
@@ -44,7 +44,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 from uuid import UUID
 
@@ -55,12 +55,14 @@ from eventsourcing.application import Application
 from eventsourcing.persistence import IntegrityError, Notification, Tracking
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresTrackingRecorder
 
-from infrastructure import metrics, pg_timeouts
+from infrastructure import metrics
 from infrastructure.bootstrap import Bootstrap
-from infrastructure.kafka import ensure_topics, make_producer, producer_kwargs
-from infrastructure.outbox_parking import ParkingLot
-from infrastructure.pg_listen import Listener, first_of
-from infrastructure.postgres import ddl_lock
+from infrastructure.kafka.clients import KafkaClients, producer_kwargs
+from infrastructure.postgres import timeouts as pg_timeouts
+from infrastructure.postgres.listen import Listener
+from infrastructure.postgres.parking import ParkingLot
+from infrastructure.postgres.store import ddl_lock
+from infrastructure.processes.follower import follow, run_blocking
 from infrastructure.settings import Settings
 from projections.envelope import OutboundMessage, envelope_of
 
@@ -118,10 +120,12 @@ class Outbox:
         record_interval: float = 0.1,
         refusal_attempts: int = 3,
         parked_retry_seconds: float = 30.0,
+        kafka: KafkaClients | None = None,
     ) -> None:
         if not isinstance(app.recorder, PostgresApplicationRecorder):
             raise TypeError("the outbox needs the PostgreSQL event store")
         self.settings = settings
+        self.kafka = kafka or KafkaClients(settings)
         self.topic = settings.topics.events
         self.page_size = page_size
         self.idle_timeout = idle_timeout
@@ -177,8 +181,12 @@ class Outbox:
             self.page_size,
             inclusive_of_start=False,
         )
-        if not page:
-            return 0
+        if page:
+            await self._publish(page, position)
+        return len(page)
+
+    async def _publish(self, page: Sequence[Notification], position: int) -> None:
+        """Publish a page read after ``position``; record how far it got."""
         self._recorded = max(self._recorded, position)
         self._record_lock = asyncio.Lock()  # this page's partitions take turns recording
         parked = await asyncio.to_thread(self.parking.batches)
@@ -199,7 +207,6 @@ class Outbox:
             raise
         self._refusals = 0
         await self._checkpoint(progress, final=True)
-        return len(page)
 
     def _record(self, notification_id: int) -> None:
         with contextlib.suppress(IntegrityError):  # another instance recorded beyond it
@@ -372,8 +379,8 @@ class Outbox:
 
     async def _started_producer(self) -> Any:
         if self._producer is None:
-            await ensure_topics(self.settings)  # idempotent; a restarted broker may lack them
-            producer = make_producer(self.settings, **self._producer_overrides)
+            await self.kafka.ensure_topics()  # idempotent; a restarted broker may lack them
+            producer = self.kafka.producer(**self._producer_overrides)
             try:
                 await producer.start()
             except BaseException:
@@ -398,50 +405,51 @@ class Outbox:
     # --------------------------------------------------------------- loop
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Publish until ``stop`` is set; wake on NOTIFY, retry failures with backoff."""
+        """Publish until ``stop`` is set: the shared follower loop (wake on NOTIFY,
+        retry failures with backoff)."""
         listener = self._listener = Listener(self.settings, self._events.channel_name)
-        delay = self.backoff[0]
-        self.published = self.position()
+        self.published = await asyncio.to_thread(self.position)
         log.info("outbox starting at position %d, topic %s", self.published, self.topic)
         try:
-            while not stop.is_set():
-                try:
-                    if time.monotonic() >= self._next_parked_retry:
-                        self._next_parked_retry = time.monotonic() + self.parked_retry_seconds
-                        await self.retry_parked()
-                    published = await self.publish_once()
-                except Exception as e:  # broker or database trouble: retry the page
-                    self.failures += 1
-                    log.warning(
-                        "outbox page failed (%s: %s); retry in %.1fs", type(e).__name__, e, delay
-                    )
-                    await self.close()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), delay)
-                    delay = min(delay * 2, self.backoff[1])
-                    continue
-                delay = self.backoff[0]
-                if published < self.page_size:
-                    await first_of(stop.wait(), listener.wait(self.idle_timeout))
+            await follow(
+                self,
+                self._events,
+                listener,
+                stop,
+                page_size=self.page_size,
+                idle_timeout=self.idle_timeout,
+                backoff=self.backoff,
+            )
         finally:
-            await listener.close()
             await self.close()
+
+    # ------------------------------------------------------------ Follower
+
+    async def read_after(self) -> int:
+        """Retry the parked events when due, then the shared position (another
+        instance may have moved it)."""
+        if time.monotonic() >= self._next_parked_retry:
+            self._next_parked_retry = time.monotonic() + self.parked_retry_seconds
+            await self.retry_parked()
+        self.published = await asyncio.to_thread(self.position)
+        return self.published
+
+    async def handle(self, page: Sequence[Notification], after: int | None) -> None:
+        await self._publish(page, after or 0)
+
+    async def caught_up(self) -> None:
+        return None
+
+    async def failed(self, error: Exception) -> bool:
+        """Broker or database trouble: retry the page after the backoff."""
+        self.failures += 1
+        log.warning("outbox page failed (%s: %s); retrying", type(error).__name__, error)
+        await self.close()
+        return True
 
 
 def run_outbox(settings: Settings, stop: threading.Event, **options: Any) -> None:
     """Blocking: run the outbox until ``stop`` is set (``batchctl outbox``)."""
-    service = Bootstrap(settings).batch_service()
-
-    async def main() -> None:
-        outbox = Outbox(settings, service, **options)
-        done = asyncio.Event()
-        task = asyncio.create_task(outbox.run(done))
-        while not stop.is_set() and not task.done():
-            await asyncio.sleep(0.1)  # a local flag, not a poll of the store
-        done.set()
-        await task
-
-    try:
-        asyncio.run(main())
-    finally:
-        service.close()
+    with Bootstrap(settings) as container:
+        outbox = container.outbox(**options)
+        run_blocking(outbox.run, stop)

@@ -1,8 +1,10 @@
 """The timeout sweep: ask the aggregate to close what is due.
 
-It reads candidates from the read model's deadline index and sends commands;
-the aggregate decides (a batch not yet due, or already closed, is a no-op),
-so duplicate sweeps from several instances are harmless.
+It reads candidates from the due-batch index in PostgreSQL
+(infrastructure/postgres/due_index.py, kept beside the store, so a flushed or
+lost Redis never delays a timeout) and sends commands; the aggregate decides
+(a batch not yet due, or already closed, is a no-op), so duplicate sweeps
+from several instances are harmless.
 """
 
 from __future__ import annotations

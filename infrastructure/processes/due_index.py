@@ -1,0 +1,85 @@
+"""The due-batch index follower: the notification log -> ``batch_due`` (PostgreSQL).
+
+Runs next to the sweep that reads the index (in every worker, and in
+``batchctl run``); several may run at once: a page and the position move in
+one transaction, compare-and-set on the position, so the follower that loses
+a race rolls back and reads again (``infrastructure/postgres/due_index.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from eventsourcing.persistence import IntegrityError, Notification
+
+from infrastructure import metrics
+from infrastructure.postgres.due_index import DueIndex
+from infrastructure.postgres.listen import Listener
+from infrastructure.processes.follower import follow
+from infrastructure.transient import is_transient
+from projections.due_index import due_change_of
+
+log = logging.getLogger("batchslot.due_index")
+
+
+class DueIndexFollower:
+    """Keeps the due-batch index up to date with the store (a ``Follower``)."""
+
+    def __init__(
+        self,
+        app: Any,
+        index: DueIndex,
+        listener: Listener,
+        *,
+        page_size: int = 500,
+        idle_timeout: float = 5.0,
+    ) -> None:
+        self._app = app
+        self.index = index
+        self._listener = listener
+        self.page_size, self.idle_timeout = page_size, idle_timeout
+        self.conflicts = 0  # pages another follower recorded first
+        self.applied: int | None = None  # the last position applied
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await follow(
+            self,
+            self._app.recorder,
+            self._listener,
+            stop,
+            page_size=self.page_size,
+            idle_timeout=self.idle_timeout,
+        )
+
+    # ------------------------------------------------------------ Follower
+
+    async def read_after(self) -> int | None:
+        return await asyncio.to_thread(self.index.position)
+
+    async def handle(self, page: Sequence[Notification], after: int | None) -> None:
+        await asyncio.to_thread(self.apply, page, after or 0)
+
+    def apply(self, page: Sequence[Notification], after: int) -> None:
+        mapper = self._app.mapper
+        changes = []
+        for n in page:
+            event = mapper.to_domain_event(n)
+            changes.append((str(event.batch_id), due_change_of(event)))
+        self.index.apply(changes, after, page[-1].id)
+        self.applied = page[-1].id
+
+    async def caught_up(self) -> None:
+        return None
+
+    async def failed(self, error: Exception) -> bool:
+        if isinstance(error, IntegrityError):
+            self.conflicts += 1  # another follower recorded this page: read again
+            return False
+        if is_transient(error):
+            metrics.TRANSIENT.labels("due_index").inc()
+            log.warning("due index follower: %s; retrying", repr(error)[:200])
+            return True
+        raise error

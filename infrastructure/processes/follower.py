@@ -1,0 +1,107 @@
+"""One follower loop over the event store's notification log: catch up, then follow.
+
+Every reader of the log that runs for good (the Redis projector, the outbox,
+the due-batch index) is a ``Follower``: it says where it stands
+(``read_after``), applies a page of notifications (``handle``), checks what
+it must check once caught up (``caught_up``) and says how to go on after a
+failure (``failed``). ``follow`` does the rest, the same way for all of them:
+
+- read the page after the follower's position (``page_size`` notifications,
+  in notification-id order: ids commit in order, so a page never skips a gap
+  that fills later), apply it, and read again at once while pages come full;
+- caught up: wait for PostgreSQL NOTIFY on the events table's channel (the
+  library's recorder notifies in every insert transaction), or
+  ``idle_timeout`` at most, then read again (a wake-up may be for another
+  schema: one empty read, never a missed event);
+- a failure goes to the follower, which raises it (the loop ends) or asks
+  for a retry, at once or after a capped exponential backoff.
+
+Only public APIs of the library are used (``select_notifications``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
+
+from eventsourcing.persistence import ApplicationRecorder, Notification
+
+from infrastructure.postgres.listen import Listener, first_of
+
+
+class Follower(Protocol):
+    async def read_after(self) -> int | None:
+        """The notification id to read after (None: from the start); asked before every page."""
+        ...
+
+    async def handle(self, page: Sequence[Notification], after: int | None) -> None:
+        """Apply a non-empty page read after ``after``."""
+        ...
+
+    async def caught_up(self) -> None:
+        """Called whenever the follower has caught up (before it waits)."""
+        ...
+
+    async def failed(self, error: Exception) -> bool:
+        """Decide about a failure: raise to stop; True to retry after the backoff,
+        False to retry at once."""
+        ...
+
+
+async def follow(
+    follower: Follower,
+    recorder: ApplicationRecorder,
+    wake: Listener,
+    stop: asyncio.Event,
+    *,
+    page_size: int,
+    idle_timeout: float,
+    backoff: tuple[float, float] = (0.1, 5.0),
+) -> None:
+    """Run ``follower`` until ``stop`` is set (or it raises); closes ``wake`` at the end."""
+    delay = backoff[0]
+    try:
+        while not stop.is_set():
+            try:
+                after = await follower.read_after()
+                page = await asyncio.to_thread(
+                    recorder.select_notifications,
+                    start=after or 0,
+                    limit=page_size,
+                    inclusive_of_start=False,
+                )
+                if page:
+                    await follower.handle(page, after)
+                delay = backoff[0]
+                if len(page) < page_size:
+                    await follower.caught_up()
+                    await first_of(stop.wait(), wake.wait(idle_timeout))
+            except Exception as error:
+                if await follower.failed(error):
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), delay)
+                    delay = min(delay * 2, backoff[1])
+    finally:
+        await wake.close()
+
+
+def run_blocking(main: Callable[[asyncio.Event], Awaitable[None]], stop: threading.Event) -> None:
+    """Run ``main(stopping)`` on a new event loop in this thread until it returns;
+    setting ``stop`` (from any thread) sets ``stopping`` (no polling of the flag)."""
+
+    async def runner() -> None:
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def bridge() -> None:
+            stop.wait()
+            with contextlib.suppress(RuntimeError):  # the loop has already finished
+                loop.call_soon_threadsafe(stopping.set)
+
+        threading.Thread(target=bridge, name="stop-bridge", daemon=True).start()
+        await main(stopping)
+
+    asyncio.run(runner())

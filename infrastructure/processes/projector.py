@@ -1,0 +1,224 @@
+"""The slot-count projector: event store notification log -> Redis slot view.
+
+It catches up in pages (one pipelined round trip per page), then follows the
+store live (PostgreSQL LISTEN/NOTIFY), both in the shared follower loop
+(``infrastructure/processes/follower.py``). If the
+position in Redis disappears (Redis flushed or restarted empty) it notices,
+on the next write or within ``watchdog_seconds`` when idle, and replays from 0;
+the per-batch version guard makes any replayed event a no-op. The same
+happens when the position moves back behind what this projector last wrote
+(an append-only file that lost its last second).
+
+A position AHEAD of the store's last event (PostgreSQL restored from an older
+backup) cannot be repaired by a replay: the read model holds events the store
+no longer has. The projector checks for it when it (re)starts following the
+store and every ``ahead_check_seconds`` while idle, logs it and runs a
+drop-and-replace rebuild (``infrastructure/redis/rebuild.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Sequence
+
+from eventsourcing.persistence import Notification, Tracking
+
+from application.service import BatchService
+from infrastructure import metrics
+from infrastructure.bootstrap import Bootstrap
+from infrastructure.postgres import timeouts as pg_timeouts
+from infrastructure.postgres.listen import Listener
+from infrastructure.processes.follower import follow, run_blocking
+from infrastructure.redis.rebuild import RebuildSummary, rebuild
+from infrastructure.redis.view import PositionLost, RedisSlotView
+from infrastructure.settings import Settings
+from infrastructure.transient import TRANSIENT
+from projections.slot_view import VersionGap
+
+__all__ = ["Projector", "RebuildSummary", "rebuild", "run_projector"]
+log = logging.getLogger(__name__)
+
+
+class StoreBehind(RuntimeError):
+    """The read model's position is ahead of the store's last event (a restore)."""
+
+
+class Projector:
+    """Keeps the Redis slot view up to date (a ``Follower``).
+
+    ``serve(stop)`` runs it on the caller's event loop; ``start()`` in a thread
+    of its own, ``run(stop)`` in this thread (blocking).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        service: BatchService | None = None,
+        view: RedisSlotView | None = None,
+        page_size: int = 500,
+        watchdog_seconds: float = 0.5,
+        ahead_check_seconds: float = 5.0,
+    ) -> None:
+        self.settings = settings
+        self.ahead_check_seconds = ahead_check_seconds
+        self.rebuilds = 0  # times the read model was ahead of the store and rebuilt
+        # Given objects are the caller's; missing ones come from (and go with) a container.
+        self._container = Bootstrap(settings, service=service, view=view)
+        self.service = self._container.service
+        self.view = self._container.view
+        self.page_size, self.watchdog_seconds = page_size, watchdog_seconds
+        self.replays = 0  # times the position was lost and the log replayed from 0
+        self._stop, self._dead = threading.Event(), threading.Event()
+        self._listener: Listener | None = None
+        self._after: int | None = None  # the position this projector last wrote
+        self._restart = True  # (re)read the position from Redis before the next page
+        self._from_zero = False  # replay the whole log (the position was lost)
+        self._restore = False  # rebuild first (the read model is ahead of the store)
+        self._catching_up = True
+        self._next_ahead_check = 0.0
+        self._streak = 0  # replays from 0 in a row that did not finish catching up
+        self._thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+        self.applied: int | None = None  # the last position applied (for the stall watchdog)
+
+    # ------------------------------------------------------------- running
+
+    def start(self) -> Projector:
+        self._thread = threading.Thread(target=self._main, name="slot-projector", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self.close()
+
+    def close(self) -> None:
+        self._container.close()
+
+    def _main(self) -> None:
+        try:
+            self.run(self._stop)
+        except BaseException as error:
+            self.error = error
+            log.exception("slot projector stopped by an error")
+        finally:
+            self._dead.set()
+
+    def run(self, stop: threading.Event) -> None:
+        """Project until ``stop`` is set (blocking)."""
+        run_blocking(self.serve, stop)
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        """Project until ``stop`` is set."""
+        listener = self._listener = self._container.listener()
+        self._restart = True
+        await follow(
+            self,
+            self.service.recorder,
+            listener,
+            stop,
+            page_size=self.page_size,
+            idle_timeout=self.watchdog_seconds,
+        )
+
+    async def recycle(self) -> None:
+        """The stall watchdog's lever: free calls blocked on a silent connection and
+        reopen the LISTEN connection; the loop then reads with fresh connections."""
+        pg_timeouts.recycle()
+        self.view.client.connection_pool.disconnect(inuse_connections=True)
+        if self._listener is not None:
+            await self._listener.close()
+
+    def wait_for(self, position: int | None, timeout: float = 5.0) -> None:
+        """Block until ``position`` is in the view; re-raise the thread's error."""
+        try:
+            self.view.wait(self.view.application_name, position, timeout, interrupt=self._dead)
+        except Exception:
+            if self.error is not None:
+                raise self.error from None
+            raise
+
+    # ------------------------------------------------------------ Follower
+
+    async def read_after(self) -> int | None:
+        if self._restore:
+            summary = await asyncio.to_thread(
+                rebuild, self.settings, service=self.service, view=self.view
+            )
+            self.rebuilds, self._restore, self._restart = self.rebuilds + 1, False, True
+            log.warning(
+                "slot view rebuilt: %d events, %d batches", summary.events, summary.batches
+            )
+        if self._restart:
+            position = None if self._from_zero else await asyncio.to_thread(self.view.position)
+            await asyncio.to_thread(self._check_ahead, position)
+            self._after, self.applied = position, position or 0
+            self._restart, self._from_zero, self._catching_up = False, False, True
+        return self._after
+
+    async def handle(self, page: Sequence[Notification], after: int | None) -> None:
+        self._after = await asyncio.to_thread(self._apply, page, after)
+
+    async def caught_up(self) -> None:
+        """Once caught up, and whenever idle: is the position still in Redis (flushed,
+        or an append-only file that lost its last writes)? Is it ahead of the store?"""
+        if self._catching_up:
+            self._catching_up, self._streak = False, 0
+            self._next_ahead_check = time.monotonic() + self.ahead_check_seconds
+            return
+        position = await asyncio.to_thread(self.view.position)
+        if self._after is not None and (position is None or position < self._after):
+            raise PositionLost("the position disappeared from Redis or moved back while idle")
+        if time.monotonic() >= self._next_ahead_check:
+            self._next_ahead_check = time.monotonic() + self.ahead_check_seconds
+            await asyncio.to_thread(self._check_ahead, position)
+
+    async def failed(self, error: Exception) -> bool:
+        if isinstance(error, PositionLost | VersionGap):
+            if self._streak >= 3:  # replays that never got through the catch-up
+                raise error
+            log.warning("slot view out of step with the store (%s); replaying from 0", error)
+            metrics.READ_MODEL_RESETS.labels("replay").inc()
+            self.replays, self._streak = self.replays + 1, self._streak + 1
+            self._from_zero = self._restart = True
+            return False
+        if isinstance(error, StoreBehind):
+            log.warning(
+                "slot view ahead of the event store (%s): the store was restored from an "
+                "older backup? Rebuilding the read model from the store",
+                error,
+            )
+            metrics.READ_MODEL_RESETS.labels("rebuild").inc()
+            self._restore = True
+            return False
+        if isinstance(error, TRANSIENT):
+            log.warning("slot projector: %s; retrying", type(error).__name__)
+            self._restart = True
+            return True
+        raise error
+
+    # -------------------------------------------------------------- helpers
+
+    def _check_ahead(self, position: int | None) -> None:
+        store = self.service.recorder.max_notification_id() or 0
+        if position is not None and position > store:
+            raise StoreBehind(f"read model at position {position}, store's last event {store}")
+
+    def _apply(self, notifications: Sequence[Notification], after: int | None) -> int | None:
+        name, mapper = self.service.name, self.service.mapper
+        events = [(mapper.to_domain_event(n), Tracking(name, n.id)) for n in notifications]
+        position = self.view.apply(events, after)
+        self.applied = position
+        return position
+
+
+def run_projector(settings: Settings, stop: threading.Event) -> None:
+    """Run the projector in this thread until ``stop`` is set."""
+    with Bootstrap(settings) as container:
+        container.projector().run(stop)
