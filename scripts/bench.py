@@ -69,8 +69,8 @@ from infrastructure.kafka import ensure_topics, make_consumer, make_producer  # 
 from infrastructure.local_broker import LocalBroker  # noqa: E402
 from infrastructure.postgres import conninfo, ensure_database, event_store_env  # noqa: E402
 from infrastructure.redis_view import RedisSlotView  # noqa: E402
-from infrastructure.scenario import Scenario, generate_load  # noqa: E402
 from infrastructure.settings import Settings, load_settings  # noqa: E402
+from tests.support.scenario import Scenario, generate_load  # noqa: E402
 
 console = Console(width=None if sys.stdout.isatty() else 150)
 BENCH_DATABASE_URL = os.environ.get(

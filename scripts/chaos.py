@@ -4,7 +4,7 @@ Starts its own Kafka-protocol broker (Tansu, memory only) on a free loopback
 port, several ``batchctl worker`` processes, one ``batchctl projector`` and one
 ``batchctl outbox``, each with this run's own PostgreSQL schema, Redis key
 prefix, topic names and consumer group. Feeds a shuffled, duplicated scenario
-(``infrastructure.scenario.generate``) while a seeded schedule injects faults:
+(``tests.support.scenario.generate``) while a seeded schedule injects faults:
 
 - ``kill_worker`` / ``kill_projector`` / ``kill_outbox``: SIGKILL, restart after a pause;
 - ``stop_worker``: SIGSTOP past the consumer session timeout, then SIGCONT;
@@ -87,9 +87,9 @@ from infrastructure.kafka import ensure_topics, make_consumer, make_producer  # 
 from infrastructure.local_broker import LocalBroker  # noqa: E402
 from infrastructure.postgres import conninfo, ensure_database  # noqa: E402
 from infrastructure.redis_view import RedisSlotView  # noqa: E402
-from infrastructure.scenario import Message, Scenario, content, generate, registration  # noqa: E402
 from infrastructure.settings import Settings, load_settings  # noqa: E402
 from projections.envelope import event_id_of  # noqa: E402
+from tests.support.scenario import Message, Scenario, content, generate, registration  # noqa: E402
 
 console = Console(width=None if sys.stdout.isatty() else 140)
 SESSION_TIMEOUT_S = 10.0  # aiokafka's default session_timeout_ms

@@ -27,19 +27,22 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn
-from rich.table import Table
-
-from infrastructure.kafka import ensure_topics, make_consumer, make_producer
-from infrastructure.local_broker import BrokerUnavailable
-from infrastructure.postgres import ensure_database
-from infrastructure.redis_view import RedisSlotView
-from infrastructure.runtime import local_broker_if_needed
-from infrastructure.scenario import Scenario, generate
-from infrastructure.settings import Settings, SettingsError, load_settings
-
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # tests.support (the scenario) is not an installed package
+    sys.path.insert(0, str(ROOT))
+
+from rich.console import Console  # noqa: E402
+from rich.progress import BarColumn, Progress, TextColumn  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from infrastructure.kafka import ensure_topics, make_consumer, make_producer  # noqa: E402
+from infrastructure.local_broker import BrokerUnavailable  # noqa: E402
+from infrastructure.postgres import ensure_database  # noqa: E402
+from infrastructure.redis_view import RedisSlotView  # noqa: E402
+from infrastructure.runtime import local_broker_if_needed  # noqa: E402
+from infrastructure.settings import Settings, SettingsError, load_settings  # noqa: E402
+from tests.support.scenario import Scenario, generate  # noqa: E402
+
 console = Console(width=None if sys.stdout.isatty() else 150)
 
 
@@ -80,7 +83,6 @@ async def completions(
     await consumer.start()
     seen: set[str] = set()
     done: dict[str, dict[str, Any]] = {}
-    view = RedisSlotView.from_settings(settings)
     try:
         with Progress(
             TextColumn("batches closed (from batch.events.v1)"),
@@ -102,7 +104,6 @@ async def completions(
                 bar.update(task, completed=len(done))
     finally:
         await consumer.stop()
-        view.close()
     return done
 
 

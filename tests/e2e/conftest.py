@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -12,22 +11,15 @@ import pytest
 
 from infrastructure.kafka import ensure_topics, make_consumer, make_producer
 from infrastructure.local_broker import LocalBroker
-from infrastructure.scenario import Message
 from infrastructure.settings import Settings
 from tests.conftest import drop_redis_prefix, drop_schema, make_settings
+from tests.support.scenario import Message
+from tests.support.scratch import new_tag, topic_env
 
 
 def kafka_settings(broker: LocalBroker, **extra: str) -> Settings:
-    tag = uuid.uuid4().hex[:8]
     return make_settings(
-        KAFKA_BOOTSTRAP_SERVERS=broker.bootstrap_servers,
-        KAFKA_CONSUMER_GROUP=f"g-{tag}",
-        TOPIC_BATCH_REGISTERED=f"reg-{tag}",
-        TOPIC_CONTENT_PROVISIONED=f"prov-{tag}",
-        TOPIC_VALIDATION_FAILED=f"fail-{tag}",
-        TOPIC_BATCH_EVENTS=f"events-{tag}",
-        TOPIC_DLQ=f"dlq-{tag}",
-        **extra,
+        KAFKA_BOOTSTRAP_SERVERS=broker.bootstrap_servers, **topic_env(new_tag(8)), **extra
     )
 
 

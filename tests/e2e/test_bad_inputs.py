@@ -28,10 +28,10 @@ from application.service import BatchService
 from domain import Batch
 from infrastructure.bootstrap import Bootstrap
 from infrastructure.kafka import make_producer
-from infrastructure.scenario import EVENT_TYPES, Kind
 from infrastructure.settings import Settings
 from infrastructure.worker import Worker
 from tests.e2e.conftest import consume, eventually, running
+from tests.support.scenario import EVENT_TYPES, Kind
 
 GOOD = "good-batch"
 GOOD_SLOTS = 80

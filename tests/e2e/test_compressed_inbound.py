@@ -31,10 +31,10 @@ from application.service import BatchService
 from infrastructure import metrics
 from infrastructure.bootstrap import Bootstrap
 from infrastructure.kafka import client_kwargs
-from infrastructure.scenario import Message, content, registration
 from infrastructure.settings import Settings
 from infrastructure.worker import Worker
 from tests.e2e.conftest import consume, eventually, running, topic_of
+from tests.support.scenario import Message, content, registration
 
 ROOT = Path(__file__).resolve().parents[2]
 CODECS = {"gzip": 1, "snappy": 2, "lz4": 3, "zstd": 4}

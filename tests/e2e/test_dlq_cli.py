@@ -28,12 +28,12 @@ from infrastructure.bootstrap import Bootstrap
 from infrastructure.kafka import ensure_topics, make_consumer
 from infrastructure.local_broker import LocalBroker
 from infrastructure.postgres import conninfo
-from infrastructure.scenario import Message, content, envelope, registration
 from infrastructure.settings import Settings
 from infrastructure.worker import Worker
 from tests.conftest import drop_redis_prefix, drop_schema
 from tests.e2e.conftest import consume, eventually, kafka_settings, produce, running
 from tests.e2e.test_cli import batchctl as run_batchctl
+from tests.support.scenario import Message, content, envelope, registration
 
 
 @pytest.fixture

@@ -18,11 +18,11 @@ from infrastructure.bootstrap import Bootstrap
 from infrastructure.dlq import DeadLetter, send_dead_letters
 from infrastructure.kafka import make_producer
 from infrastructure.local_broker import answers, broker_binary, free_port
-from infrastructure.scenario import Message, content, registration
 from infrastructure.settings import Settings
 from infrastructure.worker import Worker
 from tests.conftest import make_settings
 from tests.e2e.conftest import consume, eventually, running
+from tests.support.scenario import Message, content, registration
 
 
 def letter(n: int, topic: str = "reg-x") -> DeadLetter:

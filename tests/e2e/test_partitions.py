@@ -35,12 +35,12 @@ import redis
 
 from infrastructure.kafka import ensure_topics
 from infrastructure.local_broker import LocalBroker
-from infrastructure.scenario import Scenario, content, generate, registration
 from infrastructure.settings import Settings
 from projections.slot_view import summary_key
 from tests.conftest import TEST_DATABASE_URL, TEST_REDIS_URL, drop_redis_prefix, drop_schema
 from tests.e2e.conftest import consume, kafka_settings, produce
 from tests.support.proxy import ProxyThread
+from tests.support.scenario import Scenario, content, generate, registration
 
 ROOT = Path(__file__).resolve().parents[2]
 RESUME_BOUND_SECONDS = 30.0  # heal -> probe batch completed, projected and published

@@ -26,10 +26,10 @@ import redis
 
 from infrastructure.bootstrap import Bootstrap
 from infrastructure.local_broker import LocalBroker
-from infrastructure.scenario import content, registration
 from infrastructure.settings import Settings, SettingsError, load_settings
 from tests.conftest import TEST_DATABASE_URL, TEST_REDIS_URL, drop_redis_prefix, drop_schema
 from tests.e2e.conftest import eventually, produce
+from tests.support.scenario import content, registration
 
 ROOT = Path(__file__).resolve().parents[2]
 PG_PASSWORD = "pgPw-" + uuid.uuid4().hex  # trust auth: sent, ignored

@@ -9,10 +9,10 @@ from typing import Any
 from application.service import BatchService
 from domain import Batch
 from infrastructure.bootstrap import Bootstrap
-from infrastructure.scenario import Message, content, envelope, failure, registration
 from infrastructure.settings import Settings
 from infrastructure.worker import Worker
 from tests.e2e.conftest import consume, eventually, produce, running
+from tests.support.scenario import Message, content, envelope, failure, registration
 
 
 def stored_types(service: BatchService, batch_id: str) -> list[str]:

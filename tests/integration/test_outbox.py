@@ -11,7 +11,6 @@ import asyncio
 import json
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
@@ -30,19 +29,15 @@ from infrastructure.settings import Settings
 from projections.envelope import envelope_of
 from tests.conftest import ManualClock, drop_schema, make_settings
 from tests.strategies import PENDING_TTL_SECONDS, TIMEOUT_SECONDS, Step, Tick, workloads
+from tests.support.scratch import new_tag, topic_env
 
 FAST = {"request_timeout_ms": 2000, "retry_backoff_ms": 50}
 
 
 def outbox_settings(bootstrap: str) -> Settings:
-    tag = uuid.uuid4().hex[:8]
     return make_settings(
         KAFKA_BOOTSTRAP_SERVERS=bootstrap,
-        TOPIC_BATCH_REGISTERED=f"reg.{tag}",
-        TOPIC_CONTENT_PROVISIONED=f"prov.{tag}",
-        TOPIC_VALIDATION_FAILED=f"fail.{tag}",
-        TOPIC_BATCH_EVENTS=f"events.{tag}",
-        TOPIC_DLQ=f"dlq.{tag}",
+        **topic_env(new_tag(8), sep="."),
         BATCH_TIMEOUT_SECONDS=str(TIMEOUT_SECONDS),
         PENDING_TTL_SECONDS=str(PENDING_TTL_SECONDS),
     )
