@@ -283,17 +283,20 @@ class BatchService(Application[UUID]):
     def _decide(self, batch: Batch, command: AnyCommand, now: datetime) -> Result:
         before = batch.version
         try:
-            apply_command(
-                batch,
-                command,
-                now,
-                timeout_seconds=self.timeout_seconds,
-                pending_ttl_seconds=self.pending_ttl_seconds,
-            )
+            self._apply(batch, command, now)
         except BatchRejection as rejection:
             return Result(command, "rejected", reason=rejection.reason, detail=rejection.detail)
         events = batch.version - before
         return Result(command, "recorded" if events else "noop", events=events)
+
+    def _apply(self, batch: Batch, command: AnyCommand, now: datetime) -> None:
+        apply_command(
+            batch,
+            command,
+            now,
+            timeout_seconds=self.timeout_seconds,
+            pending_ttl_seconds=self.pending_ttl_seconds,
+        )
 
 
 def apply_command(
