@@ -8,9 +8,9 @@ from datetime import datetime
 from typing import Any
 
 from application.service import BatchService, utc_now
-from infrastructure.postgres import ddl_lock, ensure_database, event_store_env
+from infrastructure.postgres.snapshots import prune_snapshots
+from infrastructure.postgres.store import ddl_lock, ensure_database, event_store_env
 from infrastructure.settings import Settings, load_settings
-from infrastructure.snapshots import prune_snapshots
 
 
 @dataclass

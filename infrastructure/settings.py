@@ -56,7 +56,7 @@ class Settings(BaseModel):
     database_schema: str = Field(default="public", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
     database_pool_size: int = Field(default=5, ge=1, le=100)
     database_lock_timeout_seconds: int = Field(default=5, ge=1, le=600)
-    # Bounds on every PostgreSQL connection (infrastructure/pg_timeouts.py, docs/faults.md).
+    # Bounds on every PostgreSQL connection (infrastructure/postgres/timeouts.py, docs/faults.md).
     database_connect_timeout_seconds: int = Field(default=5, ge=1, le=600)
     database_pool_timeout_seconds: int = Field(default=10, ge=1, le=600)
     database_statement_timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
@@ -81,7 +81,7 @@ class Settings(BaseModel):
     kafka_topic_partitions: int = Field(default=3, ge=1, le=1000)
     # Only for brokers that support the idempotent producer (Tansu does not).
     kafka_enable_idempotence: bool = False
-    # Client-side bounds on every Kafka request (infrastructure/kafka.py, docs/faults.md).
+    # Client-side bounds on every Kafka request (infrastructure/kafka/clients.py, docs/faults.md).
     kafka_request_timeout_ms: int = Field(default=30_000, ge=1000, le=600_000)
     kafka_session_timeout_ms: int = Field(default=10_000, ge=1000, le=600_000)
     kafka_metadata_max_age_ms: int = Field(default=60_000, ge=1000, le=3_600_000)
@@ -91,7 +91,7 @@ class Settings(BaseModel):
     pending_ttl_seconds: int = Field(default=86400, ge=1)
     sweep_interval_seconds: float = Field(default=30.0, gt=0)
     startup_timeout_seconds: float = Field(default=60.0, ge=0)
-    # The stall watchdog (infrastructure/watchdog.py): work waiting, no progress.
+    # The stall watchdog (infrastructure/processes/watchdog.py): work waiting, no progress.
     stall_timeout_seconds: float = Field(default=60.0, gt=0, le=86400)
     aggregate_cache_size: int = Field(default=10000, ge=0)
     source_service: str = "batch-slot-service"

@@ -2,7 +2,7 @@
 
 Pure: no I/O. ``read_model_of`` derives the model from the aggregate;
 ``change_of`` says what one event changes; ``fold`` applies a change with the
-per-batch version guard. The Redis Lua script (infrastructure/redis_scripts.py)
+per-batch version guard. The Redis Lua script (infrastructure/redis/scripts.py)
 applies exactly the same ``Change``, so folding the changes of a stream must
 equal ``read_model_of`` of the aggregate; the tests hold both to that.
 
@@ -24,26 +24,6 @@ from domain.batch import Batch
 
 SUMMARY_FIELDS = ("status", "expected", "assigned", "available", "pending", "failed", "excess")
 DEADLINES, PENDING = "deadlines", "pending"  # the two sweep indexes
-
-
-def summary_key(prefix: str, batch_id: str) -> str:
-    return f"{prefix}batch:{{{batch_id}}}:summary"
-
-
-def available_slots_key(prefix: str, batch_id: str) -> str:
-    return f"{prefix}batch:{{{batch_id}}}:available_slots"
-
-
-def assignments_key(prefix: str, batch_id: str) -> str:
-    return f"{prefix}batch:{{{batch_id}}}:assignments"
-
-
-def index_key(prefix: str, index: str) -> str:
-    return f"{prefix}batchslot:index:{index}"
-
-
-def tracking_key(prefix: str, application_name: str) -> str:
-    return f"{prefix}batchslot:tracking:{application_name}"
 
 
 def empty_summary() -> dict[str, str]:

@@ -35,11 +35,11 @@ from rich.console import Console  # noqa: E402
 from rich.progress import BarColumn, Progress, TextColumn  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from infrastructure.kafka import ensure_topics, make_consumer, make_producer  # noqa: E402
-from infrastructure.local_broker import BrokerUnavailable  # noqa: E402
-from infrastructure.postgres import ensure_database  # noqa: E402
-from infrastructure.redis_view import RedisSlotView  # noqa: E402
-from infrastructure.runtime import local_broker_if_needed  # noqa: E402
+from infrastructure.kafka.clients import ensure_topics, make_consumer, make_producer  # noqa: E402
+from infrastructure.kafka.local_broker import BrokerUnavailable  # noqa: E402
+from infrastructure.postgres.store import ensure_database  # noqa: E402
+from infrastructure.processes.runtime import local_broker_if_needed  # noqa: E402
+from infrastructure.redis.view import RedisSlotView  # noqa: E402
 from infrastructure.settings import Settings, SettingsError, load_settings  # noqa: E402
 from tests.support.scenario import Scenario, generate  # noqa: E402
 

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, settings
 
 from application.service import BatchService
 from infrastructure.bootstrap import Bootstrap
-from infrastructure.local_broker import LocalBroker
+from infrastructure.kafka.local_broker import LocalBroker
 from infrastructure.settings import Settings
 from tests.support.scratch import drop_redis_prefix, drop_schema, new_tag, scratch_settings
 

@@ -1,6 +1,7 @@
 """batchctl dlq list / show / redrive: the dead-letter topic, read and sent back after a fix.
 
-The reading and the audit trail are in ``infrastructure/dlq_admin.py``; this
+The reading is in ``infrastructure/kafka/dlq_admin.py``, the audit trail in
+``infrastructure/postgres/redrives.py``; this
 module parses options and renders. The guide is docs/cli.md ("Dead letters").
 """
 
@@ -27,8 +28,9 @@ from infrastructure.cli.common import (
     settings,
 )
 from infrastructure.cli.durations import parse_since
-from infrastructure.dlq_admin import Letter, Outcome, Redrive, RedriveLog, Scan, read_letters
-from infrastructure.dlq_admin import redrive as redrive_letters
+from infrastructure.kafka.dlq_admin import Letter, Outcome, Scan, read_letters
+from infrastructure.kafka.dlq_admin import redrive as redrive_letters
+from infrastructure.postgres.redrives import Redrive, RedriveLog
 from infrastructure.settings import Settings
 
 app = typer.Typer(

@@ -11,8 +11,8 @@ from rich.text import Text
 from domain import Batch
 from infrastructure.cli.common import JSON_HELP, batch_service, fail, out, print_json, settings
 from infrastructure.cli.events import EventView, fold
-from infrastructure.cli.eventstore import EventStoreReader
 from infrastructure.cli.views import BothSides
+from infrastructure.postgres.reader import EventStoreReader
 
 BatchIdArg = Annotated[
     str, typer.Argument(metavar="BATCH_ID", help="The upstream batch id.", show_default=False)

@@ -20,7 +20,7 @@ from rich.text import Text
 from infrastructure.cli.common import JSON_HELP, batch_service, out, print_json, settings
 from infrastructure.cli.durations import parse_duration
 from infrastructure.cli.events import EventView, event_topic, fold
-from infrastructure.cli.eventstore import EventStoreReader
+from infrastructure.postgres.reader import EventStoreReader
 
 
 @dataclass(frozen=True)

@@ -25,9 +25,9 @@ from infrastructure.cli.common import (
 )
 from infrastructure.cli.compare import Difference, compare
 from infrastructure.cli.events import fold
-from infrastructure.cli.eventstore import EventStoreReader
-from infrastructure.projector import rebuild as rebuild_read_model
-from infrastructure.redis_view import RedisSlotView
+from infrastructure.postgres.reader import EventStoreReader
+from infrastructure.processes.projector import rebuild as rebuild_read_model
+from infrastructure.redis.view import RedisSlotView
 from infrastructure.settings import Settings
 from projections.slot_view import read_model_of
 

@@ -10,7 +10,7 @@ import asyncio
 import typer
 
 from infrastructure import logs
-from infrastructure.local_broker import BrokerUnavailable
+from infrastructure.kafka.local_broker import BrokerUnavailable
 from infrastructure.settings import load_settings
 
 LOCAL_BROKER_HELP = (
@@ -21,7 +21,7 @@ LOCAL_BROKER_HELP = (
 
 def _serve(worker: bool, projector: bool, outbox: bool, local_broker: bool) -> None:
     from infrastructure.cli.common import fail
-    from infrastructure.runtime import Parts, local_broker_if_needed, serve
+    from infrastructure.processes.runtime import Parts, local_broker_if_needed, serve
 
     settings = load_settings()
     logs.configure(settings.log_level, settings.secrets())

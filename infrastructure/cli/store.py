@@ -19,7 +19,7 @@ from infrastructure.cli.common import (
     settings,
 )
 from infrastructure.cli.events import EventView, event_classes, event_topic
-from infrastructure.cli.eventstore import EventStoreReader
+from infrastructure.postgres.reader import EventStoreReader
 
 
 def replay(

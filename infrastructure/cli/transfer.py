@@ -45,7 +45,7 @@ from infrastructure.cli.common import (
     progress_wanted,
     settings,
 )
-from infrastructure.cli.eventstore import PAGE_SIZE, EventStoreReader
+from infrastructure.postgres.reader import PAGE_SIZE, EventStoreReader
 
 FORMAT = "batchslot-events"
 VERSION = 1

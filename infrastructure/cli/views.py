@@ -12,7 +12,7 @@ from rich.text import Text
 
 from domain import Batch
 from infrastructure.cli.compare import SUMMARY_FIELDS, Difference, compare
-from infrastructure.redis_view import RedisSlotView
+from infrastructure.redis.view import RedisSlotView
 from infrastructure.settings import Settings
 from projections.slot_view import ReadModel, read_model_of
 

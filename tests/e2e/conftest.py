@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from infrastructure.kafka import client_kwargs, ensure_topics, make_consumer, make_producer
-from infrastructure.local_broker import LocalBroker
+from infrastructure.kafka.clients import client_kwargs, ensure_topics, make_consumer, make_producer
+from infrastructure.kafka.local_broker import LocalBroker
 from infrastructure.settings import Settings
 from tests.conftest import drop_redis_prefix, drop_schema, make_settings
 from tests.support.scenario import Message

@@ -5,7 +5,7 @@ Each invalid message must land in the DLQ with the right ``dlq.reason`` and its
 original bytes; the worker must stay alive; every valid message (including
 strange but valid file names, stored verbatim) must be in the event store.
 
-Over-1 MiB messages: the project's producer (``infrastructure.kafka``) already
+Over-1 MiB messages: the project's producer (``infrastructure.kafka.clients``) already
 allows requests of 2 MiB and the worker's DLQ producer 16 MiB; Tansu accepts
 them with its defaults and the consumer's fetch returns an oversize first
 batch, so no topic or producer setting had to change for the 1 MiB + 1 KiB case.
@@ -27,9 +27,9 @@ from application.messages import MAX_MESSAGE_BYTES
 from application.service import BatchService
 from domain import Batch
 from infrastructure.bootstrap import Bootstrap
-from infrastructure.kafka import make_producer
+from infrastructure.kafka.clients import make_producer
+from infrastructure.processes.worker import Worker
 from infrastructure.settings import Settings
-from infrastructure.worker import Worker
 from tests.e2e.conftest import consume, eventually, running
 from tests.support.scenario import EVENT_TYPES, Kind
 

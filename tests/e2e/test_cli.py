@@ -25,8 +25,8 @@ from application.commands import (
 )
 from application.service import BatchService
 from domain import Batch
-from infrastructure.postgres import conninfo
-from infrastructure.projector import rebuild
+from infrastructure.postgres.store import conninfo
+from infrastructure.processes.projector import rebuild
 from infrastructure.settings import Settings
 from tests.conftest import drop_redis_prefix, drop_schema, make_settings
 

@@ -30,9 +30,9 @@ from confluent_kafka import Producer
 from application.service import BatchService
 from infrastructure import metrics
 from infrastructure.bootstrap import Bootstrap
-from infrastructure.kafka import client_kwargs
+from infrastructure.kafka.clients import client_kwargs
+from infrastructure.processes.worker import Worker
 from infrastructure.settings import Settings
-from infrastructure.worker import Worker
 from tests.e2e.conftest import consume, eventually, running, topic_of
 from tests.support.scenario import Message, content, registration
 

@@ -25,11 +25,11 @@ from aiokafka import TopicPartition
 from application.commands import ExpirePending, ProvisionContent
 from application.service import BatchService
 from infrastructure.bootstrap import Bootstrap
-from infrastructure.kafka import ensure_topics, make_consumer
-from infrastructure.local_broker import LocalBroker
-from infrastructure.postgres import conninfo
+from infrastructure.kafka.clients import ensure_topics, make_consumer
+from infrastructure.kafka.local_broker import LocalBroker
+from infrastructure.postgres.store import conninfo
+from infrastructure.processes.worker import Worker
 from infrastructure.settings import Settings
-from infrastructure.worker import Worker
 from tests.conftest import drop_redis_prefix, drop_schema
 from tests.e2e.conftest import consume, eventually, kafka_settings, produce, running
 from tests.e2e.test_cli import batchctl as run_batchctl

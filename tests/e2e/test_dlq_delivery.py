@@ -13,13 +13,14 @@ from typing import Any
 import pytest
 from aiokafka.structs import ConsumerRecord
 
-from infrastructure import metrics, worker
+from infrastructure import metrics
 from infrastructure.bootstrap import Bootstrap
-from infrastructure.dlq import DeadLetter, send_dead_letters
-from infrastructure.kafka import make_producer
-from infrastructure.local_broker import answers, broker_binary, free_port
+from infrastructure.kafka.clients import make_producer
+from infrastructure.kafka.dlq import DeadLetter, send_dead_letters
+from infrastructure.kafka.local_broker import answers, broker_binary, free_port
+from infrastructure.processes import worker
+from infrastructure.processes.worker import Worker
 from infrastructure.settings import Settings
-from infrastructure.worker import Worker
 from tests.conftest import make_settings
 from tests.e2e.conftest import consume, eventually, running
 from tests.support.scenario import Message, content, registration

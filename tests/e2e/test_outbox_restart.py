@@ -22,9 +22,9 @@ from aiokafka import TopicPartition
 
 from application.commands import AnyCommand, ProvisionContent, RegisterBatch
 from infrastructure.bootstrap import Bootstrap
-from infrastructure.kafka import ensure_topics, make_consumer
-from infrastructure.local_broker import LocalBroker
-from infrastructure.outbox import Outbox
+from infrastructure.kafka.clients import ensure_topics, make_consumer
+from infrastructure.kafka.local_broker import LocalBroker
+from infrastructure.processes.outbox import Outbox
 from infrastructure.settings import Settings
 from projections.envelope import event_id_of
 from tests.conftest import drop_redis_prefix, drop_schema

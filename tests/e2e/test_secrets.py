@@ -25,7 +25,7 @@ import pytest
 import redis
 
 from infrastructure.bootstrap import Bootstrap
-from infrastructure.local_broker import LocalBroker
+from infrastructure.kafka.local_broker import LocalBroker
 from infrastructure.settings import Settings, SettingsError, load_settings
 from tests.conftest import TEST_DATABASE_URL, TEST_REDIS_URL, drop_redis_prefix, drop_schema
 from tests.e2e.conftest import eventually, produce

@@ -21,7 +21,7 @@ from urllib.parse import quote
 import pytest
 
 from infrastructure.bootstrap import Bootstrap
-from infrastructure.local_broker import LocalBroker
+from infrastructure.kafka.local_broker import LocalBroker
 from infrastructure.settings import load_settings, redact_url
 from tests.conftest import TEST_DATABASE_URL, TEST_REDIS_URL, drop_redis_prefix, drop_schema
 from tests.e2e.conftest import eventually, produce

@@ -21,12 +21,12 @@ from psycopg import sql
 
 from infrastructure import metrics
 from infrastructure.bootstrap import Bootstrap
-from infrastructure.kafka import client_kwargs, ensure_topics
-from infrastructure.local_broker import LocalBroker
-from infrastructure.postgres import conninfo
+from infrastructure.kafka.clients import client_kwargs, ensure_topics
+from infrastructure.kafka.local_broker import LocalBroker
+from infrastructure.postgres.store import conninfo
+from infrastructure.processes.worker import Worker
 from infrastructure.settings import Settings, load_settings
 from infrastructure.transient import is_transient, store_writable
-from infrastructure.worker import Worker
 from tests.conftest import TEST_DATABASE_URL, drop_redis_prefix
 from tests.e2e.conftest import consume, eventually, kafka_settings, produce, running
 from tests.support.scenario import Message, content, registration

@@ -9,8 +9,8 @@ from typing import Any
 from application.service import BatchService
 from domain import Batch
 from infrastructure.bootstrap import Bootstrap
+from infrastructure.processes.worker import Worker
 from infrastructure.settings import Settings
-from infrastructure.worker import Worker
 from tests.e2e.conftest import consume, drained, end_offsets, eventually, produce, running
 from tests.support.scenario import Message, content, envelope, failure, registration
 
@@ -203,7 +203,7 @@ class _PoisonedService(BatchService):
 
 
 def test_a_poison_message_is_dead_lettered_and_the_rest_proceed(e2e_settings: Settings) -> None:
-    from infrastructure.postgres import ensure_database, event_store_env
+    from infrastructure.postgres.store import ensure_database, event_store_env
 
     ensure_database(e2e_settings)
     service = _PoisonedService(env=event_store_env(e2e_settings))

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from infrastructure.redis_view import RedisSlotView
+from infrastructure.redis.view import RedisSlotView
 from infrastructure.settings import Settings
 
 

@@ -15,7 +15,7 @@ from application.commands import (
 )
 from application.service import BatchService
 from domain import Batch
-from infrastructure.redis_view import RedisSlotView
+from infrastructure.redis.view import RedisSlotView
 from projections.slot_view import ReadModel, read_model_of
 from tests.conftest import ManualClock
 from tests.strategies import Step, Tick

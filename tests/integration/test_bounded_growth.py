@@ -13,11 +13,11 @@ import pytest
 from application.commands import AnyCommand, ProvisionContent, RegisterBatch
 from application.service import BatchService, Result
 from infrastructure.bootstrap import Bootstrap
-from infrastructure.postgres import conninfo
-from infrastructure.projector import rebuild
-from infrastructure.redis_view import RedisSlotView
+from infrastructure.postgres.store import conninfo
+from infrastructure.processes.projector import rebuild
+from infrastructure.processes.sweep import sweep_once
+from infrastructure.redis.view import RedisSlotView
 from infrastructure.settings import Settings
-from infrastructure.sweep import sweep_once
 from tests.conftest import ManualClock
 
 

@@ -6,8 +6,8 @@ import asyncio
 
 from aiokafka.admin import AIOKafkaAdminClient
 
-from infrastructure.kafka import client_kwargs, ensure_topics
-from infrastructure.local_broker import LocalBroker
+from infrastructure.kafka.clients import client_kwargs, ensure_topics
+from infrastructure.kafka.local_broker import LocalBroker
 from tests.conftest import make_settings
 from tests.support.scratch import new_tag, topic_env
 

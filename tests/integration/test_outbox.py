@@ -21,12 +21,12 @@ from hypothesis import settings as hsettings
 
 from application.commands import ProvisionContent, RegisterBatch
 from application.service import BatchService
-from infrastructure import outbox as outbox_module
 from infrastructure.bootstrap import Bootstrap
-from infrastructure.kafka import make_consumer
-from infrastructure.local_broker import LocalBroker
-from infrastructure.outbox import Outbox, run_outbox
-from infrastructure.pg_listen import Listener
+from infrastructure.kafka.clients import make_consumer
+from infrastructure.kafka.local_broker import LocalBroker
+from infrastructure.postgres.listen import Listener
+from infrastructure.processes import outbox as outbox_module
+from infrastructure.processes.outbox import Outbox, run_outbox
 from infrastructure.settings import Settings
 from projections.envelope import envelope_of
 from tests.conftest import ManualClock, drop_schema, make_settings

@@ -22,7 +22,7 @@ from application.commands import (
 )
 from application.service import BatchService
 from domain import Batch
-from infrastructure.outbox import Outbox
+from infrastructure.processes.outbox import Outbox
 from infrastructure.settings import Settings
 from projections.envelope import envelope_of
 from tests.integration.test_outbox import (

@@ -18,8 +18,8 @@ from eventsourcing.persistence import StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 from eventsourcing.tests.persistence import ApplicationRecorderTestCase
 
-from infrastructure.pg_recorder import UnpipelinedApplicationRecorder
-from infrastructure.postgres import conninfo, ensure_database
+from infrastructure.postgres.recorder import UnpipelinedApplicationRecorder
+from infrastructure.postgres.store import conninfo, ensure_database
 from tests.conftest import drop_schema, make_settings
 
 

@@ -10,11 +10,11 @@ import pytest
 from eventsourcing.persistence import OperationalError
 
 from application.service import BatchService
-from infrastructure import pg_timeouts
 from infrastructure.bootstrap import Bootstrap
-from infrastructure.postgres import connect
+from infrastructure.postgres import timeouts as pg_timeouts
+from infrastructure.postgres.store import connect
+from infrastructure.processes.worker import TRANSIENT
 from infrastructure.settings import Settings
-from infrastructure.worker import TRANSIENT
 from tests.conftest import drop_schema, make_settings
 
 

@@ -12,8 +12,8 @@ import redis
 from application.commands import RegisterBatch
 from application.service import BatchService
 from infrastructure.bootstrap import Bootstrap
-from infrastructure.projector import Projector, rebuild, run_projector
-from infrastructure.redis_view import RedisSlotView
+from infrastructure.processes.projector import Projector, rebuild, run_projector
+from infrastructure.redis.view import RedisSlotView
 from infrastructure.settings import Settings
 from projections.slot_view import DEADLINES, PENDING, ReadModel, index_entries_of
 from tests.conftest import ManualClock

@@ -16,8 +16,8 @@ from hypothesis import settings as hsettings
 from application.commands import ProvisionContent, RegisterBatch
 from application.service import BatchService
 from infrastructure.bootstrap import Bootstrap
-from infrastructure.projector import Projector
-from infrastructure.redis_view import PositionLost, RedisSlotView
+from infrastructure.processes.projector import Projector
+from infrastructure.redis.view import PositionLost, RedisSlotView
 from infrastructure.settings import Settings
 from projections.slot_view import DEADLINES, PENDING, VersionGap, index_entries_of
 from tests.conftest import ManualClock, drop_redis_prefix, make_settings

@@ -18,9 +18,9 @@ from prometheus_client import REGISTRY
 from application.commands import RegisterBatch
 from application.service import BatchService
 from infrastructure.bootstrap import Bootstrap
-from infrastructure.postgres import conninfo
-from infrastructure.projector import Projector, rebuild
-from infrastructure.redis_view import RedisSlotView
+from infrastructure.postgres.store import conninfo
+from infrastructure.processes.projector import Projector, rebuild
+from infrastructure.redis.view import RedisSlotView
 from infrastructure.settings import Settings
 from projections.slot_view import DEADLINES, PENDING, index_entries_of
 from tests.conftest import ManualClock

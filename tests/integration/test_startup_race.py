@@ -17,7 +17,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from infrastructure.postgres import conninfo
+from infrastructure.postgres.store import conninfo
 from infrastructure.settings import load_settings
 from tests.conftest import TEST_DATABASE_URL, drop_schema
 
@@ -29,7 +29,7 @@ def start_and_write(env: dict[str, str], n: int, barrier: Any, out: Any) -> None
     try:
         from application.commands import ProvisionContent
         from infrastructure.bootstrap import Bootstrap
-        from infrastructure.outbox import Outbox
+        from infrastructure.processes.outbox import Outbox
 
         settings = load_settings(env)
         barrier.wait(timeout=60)

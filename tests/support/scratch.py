@@ -13,7 +13,7 @@ import psycopg
 import redis
 from psycopg import sql
 
-from infrastructure.postgres import conninfo
+from infrastructure.postgres.store import conninfo
 from infrastructure.settings import Settings, load_settings
 
 

@@ -240,7 +240,7 @@ def exported_families() -> dict[str, tuple[set[str], set[str]]]:
     Importing the runtime loads every process's metrics (and prometheus_client's
     process and platform collectors, which the service also serves).
     """
-    importlib.import_module("infrastructure.runtime")
+    importlib.import_module("infrastructure.processes.runtime")
     suffixes = {
         "counter": ("_total", "_created"), "gauge": ("",), "info": ("_info",),
         "histogram": ("_bucket", "_count", "_sum", "_created"),

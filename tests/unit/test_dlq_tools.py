@@ -10,7 +10,7 @@ import pytest
 import typer
 
 from infrastructure.cli.durations import parse_duration, parse_since
-from infrastructure.dlq_admin import Letter
+from infrastructure.kafka.dlq_admin import Letter
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 
-from infrastructure.kafka import client_kwargs, make_producer, producer_kwargs
+from infrastructure.kafka.clients import client_kwargs, make_producer, producer_kwargs
 from infrastructure.settings import load_settings
 
 

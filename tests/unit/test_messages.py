@@ -11,7 +11,7 @@ from prometheus_client import REGISTRY
 
 from application.commands import ProvisionContent, RecordValidationFailure, RegisterBatch
 from application.messages import InvalidMessage, TopicKind, parse_inbound, parse_message
-from infrastructure.inbound import parse_counted
+from infrastructure.kafka.inbound import parse_counted
 from tests.support.scenario import envelope
 
 DATA: dict[TopicKind, dict[str, Any]] = {

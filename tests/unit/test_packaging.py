@@ -17,7 +17,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from infrastructure.local_broker import BrokerUnavailable, LocalBroker
+from infrastructure.kafka.local_broker import BrokerUnavailable, LocalBroker
 
 ROOT = Path(__file__).resolve().parents[2]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())

@@ -20,18 +20,16 @@ from application.commands import (
     TimeOutBatch,
 )
 from domain import Batch, BatchRejection
+from infrastructure.redis.keys import assignments_key, available_slots_key, summary_key
 from projections.slot_view import (
     Change,
     ReadModel,
     UnknownEvent,
     VersionGap,
-    assignments_key,
-    available_slots_key,
     change_of,
     fold,
     index_entries_of,
     read_model_of,
-    summary_key,
 )
 from tests.strategies import PENDING_TTL_SECONDS, TIMEOUT_SECONDS, Tick, workloads
 

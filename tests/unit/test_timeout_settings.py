@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
-from infrastructure.kafka import client_kwargs, make_consumer
-from infrastructure.pg_timeouts import libpq_bounds
-from infrastructure.redis_view import RedisSlotView
+from infrastructure.kafka.clients import client_kwargs, make_consumer
+from infrastructure.postgres.timeouts import libpq_bounds
+from infrastructure.redis.view import RedisSlotView
 from infrastructure.settings import SettingsError, load_settings
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from infrastructure import metrics
-from infrastructure.watchdog import Action, Reading, StallTracker, watch
+from infrastructure.processes.watchdog import Action, Reading, StallTracker, watch
 
 
 class Clock:

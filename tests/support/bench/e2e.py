@@ -17,10 +17,10 @@ import psycopg
 import redis
 from psycopg import sql
 
-from infrastructure.kafka import ensure_topics, make_consumer, make_producer
-from infrastructure.local_broker import LocalBroker
-from infrastructure.postgres import conninfo, ensure_database
-from infrastructure.redis_view import RedisSlotView
+from infrastructure.kafka.clients import ensure_topics, make_consumer, make_producer
+from infrastructure.kafka.local_broker import LocalBroker
+from infrastructure.postgres.store import conninfo, ensure_database
+from infrastructure.redis.view import RedisSlotView
 from infrastructure.settings import Settings
 from tests.support.bench.common import (
     ROOT,

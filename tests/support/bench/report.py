@@ -11,7 +11,7 @@ import psycopg
 import redis
 from rich.table import Table
 
-from infrastructure.postgres import conninfo
+from infrastructure.postgres.store import conninfo
 from tests.support.bench.common import POLL, REDIS_URL, console, new_settings
 
 # -------------------------------------------------------------- the report

@@ -19,7 +19,7 @@ from application.commands import AnyCommand, ProvisionContent, RegisterBatch
 from application.service import apply_command
 from domain import Batch, BatchRejection
 from infrastructure.bootstrap import Bootstrap
-from infrastructure.postgres import conninfo, ensure_database, event_store_env
+from infrastructure.postgres.store import conninfo, ensure_database, event_store_env
 from infrastructure.settings import load_settings
 from tests.support.bench.common import (
     POLL,

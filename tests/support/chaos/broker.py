@@ -8,7 +8,7 @@ from typing import Any
 
 from aiokafka.errors import KafkaError
 
-from infrastructure.kafka import make_consumer, make_producer
+from infrastructure.kafka.clients import make_consumer, make_producer
 from infrastructure.settings import Settings
 from tests.support.chaos.common import console
 from tests.support.scenario import Message

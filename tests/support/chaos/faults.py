@@ -15,7 +15,7 @@ import psycopg
 import redis
 from psycopg import sql
 
-from infrastructure.postgres import conninfo
+from infrastructure.postgres.store import conninfo
 from infrastructure.settings import Settings
 from tests.support.scenario import Message
 from tests.support.scratch import drop_redis_prefix

@@ -27,9 +27,10 @@ from psycopg import sql
 from application.service import BatchService
 from domain import Batch
 from infrastructure.bootstrap import Bootstrap
-from infrastructure.kafka import ensure_topics
-from infrastructure.local_broker import LocalBroker
-from infrastructure.postgres import conninfo, ensure_database
+from infrastructure.kafka.clients import ensure_topics
+from infrastructure.kafka.local_broker import LocalBroker
+from infrastructure.postgres.store import conninfo, ensure_database
+from infrastructure.redis.keys import summary_key
 from infrastructure.settings import Settings, load_settings
 from projections.envelope import event_id_of
 from tests.support.chaos.broker import EventsTap, produce, read_dlq
@@ -256,7 +257,7 @@ class ChaosRun:
         await produce(s, messages, 0)
         self.sent += messages
         view = redis.Redis.from_url(s.redis_url.get_secret_value(), socket_timeout=3)
-        summary = f"{s.redis_key_prefix}batch:{{{batch_id}}}:summary"
+        summary = summary_key(s.redis_key_prefix, batch_id)
         stream = Batch.create_id(batch_id)
         try:
             while time.monotonic() - start < 120 and time.monotonic() < self.deadline:

@@ -11,8 +11,9 @@ import redis
 from psycopg import sql
 
 from application.service import BatchService
-from infrastructure.postgres import conninfo
-from infrastructure.redis_view import RedisSlotView
+from infrastructure.postgres.store import conninfo
+from infrastructure.processes.outbox import TRACKING_TABLE
+from infrastructure.redis.view import RedisSlotView
 from infrastructure.settings import Settings
 
 
@@ -51,30 +52,24 @@ def read_store(service: BatchService) -> list[StoredEvent]:
 
 
 def outbox_position(settings: Settings) -> int:
-    """The outbox's recorded position (where a restarted outbox resumes)."""
+    """The outbox's recorded position (where a restarted outbox resumes); 0 before it ran."""
     with psycopg.connect(**conninfo(settings), connect_timeout=5) as conn:
         query = sql.SQL("SELECT coalesce(max(notification_id), 0) FROM {}.{}").format(
-            sql.Identifier(settings.database_schema), sql.Identifier("outbox_tracking")
+            sql.Identifier(settings.database_schema), sql.Identifier(TRACKING_TABLE)
         )
-        row = conn.execute(query).fetchone()
+        try:
+            row = conn.execute(query).fetchone()
+        except psycopg.errors.UndefinedTable:
+            return 0
         return int(row[0]) if row else 0
 
 
 def positions(settings: Settings, service: BatchService) -> tuple[int, int, int]:
     """(store head, outbox position, projector position)."""
     head = service.recorder.max_notification_id() or 0
-    with psycopg.connect(**conninfo(settings), connect_timeout=5) as conn:
-        query = sql.SQL("SELECT coalesce(max(notification_id), 0) FROM {}.{}").format(
-            sql.Identifier(settings.database_schema), sql.Identifier("outbox_tracking")
-        )
-        try:
-            row = conn.execute(query).fetchone()
-            outbox = int(row[0]) if row else 0
-        except psycopg.errors.UndefinedTable:
-            outbox = 0
     client = redis.Redis.from_url(settings.redis_url.get_secret_value(), socket_timeout=5)
     try:
         projected = RedisSlotView(client, settings.redis_key_prefix).position() or 0
     finally:
         client.close()
-    return head, outbox, projected
+    return head, outbox_position(settings), projected

@@ -12,7 +12,7 @@ A position AHEAD of the store's last event (PostgreSQL restored from an older
 backup) cannot be repaired by a replay: the read model holds events the store
 no longer has. The projector checks for it when it (re)starts following the
 store and every ``ahead_check_seconds`` while idle, logs it and runs a
-drop-and-replace rebuild (``infrastructure/rebuild.py``).
+drop-and-replace rebuild (``infrastructure/redis/rebuild.py``).
 """
 
 from __future__ import annotations
@@ -26,10 +26,11 @@ from typing import Any
 from eventsourcing.persistence import Notification, Tracking
 
 from application.service import BatchService
-from infrastructure import metrics, pg_timeouts
+from infrastructure import metrics
 from infrastructure.bootstrap import Bootstrap
-from infrastructure.rebuild import RebuildSummary, rebuild
-from infrastructure.redis_view import PositionLost, RedisSlotView
+from infrastructure.postgres import timeouts as pg_timeouts
+from infrastructure.redis.rebuild import RebuildSummary, rebuild
+from infrastructure.redis.view import PositionLost, RedisSlotView
 from infrastructure.settings import Settings
 from infrastructure.transient import TRANSIENT
 from projections.slot_view import VersionGap

@@ -51,7 +51,7 @@ from aiokafka.protocol.fetch import FetchRequest
 from aiokafka.record.memory_records import MemoryRecords
 from aiokafka.structs import ConsumerRecord
 
-from infrastructure.dlq import DeadLetter
+from infrastructure.kafka.dlq import DeadLetter
 
 log = logging.getLogger("batchslot.worker")
 

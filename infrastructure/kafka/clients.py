@@ -18,7 +18,7 @@ Ordering without an idempotent producer (read from aiokafka 0.14's source,
 - Without idempotence a batch is *expired* after ``request_timeout_ms`` and
   failed, and the partition's next batch may then be sent. The outbox closes
   that last gap itself: it keeps at most one batch per partition outstanding
-  and republishes the whole page after any failure (see ``outbox.py``).
+  and republishes the whole page after any failure (see ``infrastructure/processes/outbox.py``).
 
 With ``acks="all"`` a send is acknowledged only once every in-sync replica has
 it. ``KAFKA_ENABLE_IDEMPOTENCE=true`` (for brokers that support it; Tansu does

@@ -17,17 +17,18 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from application.service import BatchService
-from infrastructure import metrics, pg_timeouts
+from infrastructure import metrics
 from infrastructure.bootstrap import Bootstrap
-from infrastructure.kafka import ensure_topics
-from infrastructure.local_broker import BrokerUnavailable, LocalBroker, answers, first_address
-from infrastructure.outbox import Outbox
-from infrastructure.projector import Projector
-from infrastructure.redis_view import RedisSlotView
+from infrastructure.kafka.clients import ensure_topics
+from infrastructure.kafka.local_broker import BrokerUnavailable, LocalBroker, answers, first_address
+from infrastructure.postgres import timeouts as pg_timeouts
+from infrastructure.processes.outbox import Outbox
+from infrastructure.processes.projector import Projector
+from infrastructure.processes.sweep import run_sweep
+from infrastructure.processes.watchdog import Reading, StallTracker, watch
+from infrastructure.processes.worker import Worker
+from infrastructure.redis.view import RedisSlotView
 from infrastructure.settings import Settings
-from infrastructure.sweep import run_sweep
-from infrastructure.watchdog import Reading, StallTracker, watch
-from infrastructure.worker import Worker
 
 log = logging.getLogger("batchslot.runtime")
 T = TypeVar("T")

@@ -28,7 +28,7 @@ from eventsourcing.persistence import Tracking
 from application.service import BatchService
 from domain.batch import Batch
 from infrastructure.bootstrap import Bootstrap
-from infrastructure.redis_view import RedisSlotView
+from infrastructure.redis.view import RedisSlotView
 from infrastructure.settings import Settings
 from projections.slot_view import DEADLINES, PENDING
 

@@ -19,7 +19,7 @@ from eventsourcing.persistence import Notification, StoredEvent
 from psycopg import sql
 
 from application.service import BatchService
-from infrastructure.postgres import connect
+from infrastructure.postgres.store import connect
 from infrastructure.settings import Settings
 
 PAGE_SIZE = 500

@@ -4,7 +4,7 @@ The ``eventsourcing`` library owns the events table (``batchservice_events``),
 its notification sequence and the snapshots table. This module turns
 ``DATABASE_URL`` into the library's settings, makes sure the database and
 schema exist, and gives direct connections to those that need one (the
-CLI's queries are in ``infrastructure/cli/eventstore.py``).
+CLI's queries are in ``infrastructure/postgres/reader.py``).
 """
 
 from __future__ import annotations
@@ -18,8 +18,13 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import psycopg
 from psycopg import sql
 
-from infrastructure.pg_recorder import recorder_topic
-from infrastructure.pg_timeouts import BoundedConnection, factory_env, factory_topic, libpq_bounds
+from infrastructure.postgres.recorder import recorder_topic
+from infrastructure.postgres.timeouts import (
+    BoundedConnection,
+    factory_env,
+    factory_topic,
+    libpq_bounds,
+)
 from infrastructure.settings import Settings
 
 # libpq reads these from the environment; DATABASE_URL's query string sets them.
@@ -80,7 +85,7 @@ def event_store_env(settings: Settings) -> dict[str, str]:
         # fails the statement instead, and every caller retries transient failures.
         "POSTGRES_PRE_PING": "n",
         "CREATE_TABLE": "y",
-        # Appends without psycopg's pipeline mode (see infrastructure/pg_recorder.py).
+        # Appends without psycopg's pipeline mode (see infrastructure/postgres/recorder.py).
         "APPLICATION_RECORDER_TOPIC": recorder_topic(),
         # No library aggregate cache: BatchService keeps its own (AGGREGATE_CACHE_SIZE),
         # which neither deep-copies nor fast-forwards on every load (docs/benchmarks.md).

@@ -1,6 +1,6 @@
 """The Redis slot view (CONTRACT §4): an eventsourcing ``TrackingRecorder``.
 
-Every event is applied by one Lua script (infrastructure/redis_scripts.py)
+Every event is applied by one Lua script (infrastructure/redis/scripts.py)
 that writes the batch's keys, its sweep-index entries and the projection
 position atomically, guarded by the batch's version: a re-delivered or
 replayed event changes nothing. Many events go in one pipelined round trip.
@@ -17,19 +17,21 @@ from eventsourcing.persistence import IntegrityError, Tracking, TrackingRecorder
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from infrastructure import redis_scripts as lua
+from infrastructure.redis import scripts as lua
+from infrastructure.redis.keys import (
+    assignments_key,
+    available_slots_key,
+    index_key,
+    summary_key,
+    tracking_key,
+)
 from infrastructure.settings import Settings
 from projections.slot_view import (
     DEADLINES,
     PENDING,
     ReadModel,
     VersionGap,
-    assignments_key,
-    available_slots_key,
     change_of,
-    index_key,
-    summary_key,
-    tracking_key,
 )
 
 APPLICATION_NAME = "BatchService"  # the upstream application (its notification log)

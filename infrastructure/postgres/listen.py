@@ -16,8 +16,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from infrastructure.pg_timeouts import libpq_bounds
-from infrastructure.postgres import conninfo
+from infrastructure.postgres.store import conninfo
+from infrastructure.postgres.timeouts import libpq_bounds
 from infrastructure.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -31,7 +31,7 @@ Refused events (a record the producer or the broker will never take, e.g.
 MESSAGE_SIZE_TOO_LARGE; see ``REFUSALS``) do not hold back other batches: a
 page refused ``refusal_attempts`` times is sent one record at a time; each
 refused record and every later event of its batch are parked
-(``infrastructure/outbox_parking.py``), the position moves past the page,
+(``infrastructure/postgres/parking.py``), the position moves past the page,
 and parked events are retried per batch, in order, every
 ``parked_retry_seconds``. Retriable trouble (broker down, timeouts) never
 parks anything: the page is retried, as nothing could be published anyway.
@@ -55,12 +55,13 @@ from eventsourcing.application import Application
 from eventsourcing.persistence import IntegrityError, Notification, Tracking
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresTrackingRecorder
 
-from infrastructure import metrics, pg_timeouts
+from infrastructure import metrics
 from infrastructure.bootstrap import Bootstrap
-from infrastructure.kafka import ensure_topics, make_producer, producer_kwargs
-from infrastructure.outbox_parking import ParkingLot
-from infrastructure.pg_listen import Listener, first_of
-from infrastructure.postgres import ddl_lock
+from infrastructure.kafka.clients import ensure_topics, make_producer, producer_kwargs
+from infrastructure.postgres import timeouts as pg_timeouts
+from infrastructure.postgres.listen import Listener, first_of
+from infrastructure.postgres.parking import ParkingLot
+from infrastructure.postgres.store import ddl_lock
 from infrastructure.settings import Settings
 from projections.envelope import OutboundMessage, envelope_of
 

@@ -24,12 +24,12 @@ from aiokafka.errors import CommitFailedError, IllegalStateError
 from application.messages import InvalidMessage, TopicKind
 from application.service import BatchService, Result
 from infrastructure import metrics
-from infrastructure.dlq import DLQ_MAX_REQUEST_BYTES, DeadLetter, send_dead_letters
-from infrastructure.inbound import parse_counted
-from infrastructure.kafka import make_consumer, make_producer
+from infrastructure.kafka.clients import make_consumer, make_producer
+from infrastructure.kafka.dlq import DLQ_MAX_REQUEST_BYTES, DeadLetter, send_dead_letters
+from infrastructure.kafka.inbound import parse_counted
+from infrastructure.kafka.undecodable import MAX_UNEXPLAINED, is_decode_error, scan_partition
 from infrastructure.settings import Settings
 from infrastructure.transient import TRANSIENT, DependencyDown, is_transient, store_writable
-from infrastructure.undecodable import MAX_UNEXPLAINED, is_decode_error, scan_partition
 
 log = logging.getLogger("batchslot.worker")
 
@@ -64,7 +64,7 @@ class Worker:
             for kind, topic in settings.topics.by_kind.items()
         }
         self._lock = asyncio.Lock()
-        # For the stall watchdog (infrastructure/watchdog.py): progress and lag.
+        # For the stall watchdog (infrastructure/processes/watchdog.py): progress and lag.
         self.handled = 0  # messages handled (recorded, no-op or dead-lettered)
         self.in_hand = 0  # messages of the poll being handled now
         self.retrying = False  # the last attempt failed transiently (a dependency is down)
@@ -154,7 +154,7 @@ class Worker:
     ) -> None:
         """A record batch cannot be decoded: dead-letter it and move past it.
 
-        See ``infrastructure/undecodable.py``: every assigned partition is
+        See ``infrastructure/kafka/undecodable.py``: every assigned partition is
         re-read from its committed offset; records before the bad batch are
         handled, the batch is dead-lettered (UNDECODABLE_BATCH) and committed past.
         """

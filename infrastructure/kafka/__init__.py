@@ -1,0 +1,1 @@
+"""Kafka: client construction, inbound decoding, dead letters, the local broker."""

@@ -1,0 +1,1 @@
+"""PostgreSQL: the event store, its recorder, readers, LISTEN and the tables beside it."""

@@ -1,0 +1,1 @@
+"""Redis: the public read model (key names, Lua scripts, the view, rebuild)."""
