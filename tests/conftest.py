@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-import redis
 from hypothesis import HealthCheck, settings
 
 from application.service import BatchService
@@ -53,13 +52,6 @@ def test_settings() -> Iterator[Settings]:
     yield s
     drop_schema(s)
     drop_redis_prefix(s)
-
-
-@pytest.fixture
-def redis_client(test_settings: Settings) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(test_settings.redis_url.get_secret_value())
-    yield client
-    client.close()
 
 
 @pytest.fixture(scope="session")
