@@ -35,6 +35,7 @@ from rich.console import Console  # noqa: E402
 from rich.progress import BarColumn, Progress, TextColumn  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from infrastructure.bootstrap import Bootstrap  # noqa: E402
 from infrastructure.kafka.clients import ensure_topics, make_consumer, make_producer  # noqa: E402
 from infrastructure.kafka.local_broker import BrokerUnavailable  # noqa: E402
 from infrastructure.postgres.store import ensure_database  # noqa: E402
@@ -122,6 +123,19 @@ async def dead_letters(settings: Settings, run_tag: str) -> dict[str, int]:
     finally:
         await consumer.stop()
     return reasons
+
+
+def projected(settings: Settings, deadline: float) -> None:
+    """Wait until the projector has applied every stored event (or the deadline)."""
+    service = Bootstrap(settings).batch_service()
+    view = RedisSlotView.from_settings(settings)
+    try:
+        head = service.recorder.max_notification_id() or 0
+        while (view.position() or 0) < head and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        view.close()
+        service.close()
 
 
 def report(settings: Settings, scenario: Scenario, done: dict[str, dict[str, Any]]) -> bool:
@@ -214,7 +228,7 @@ def main() -> int:
         asyncio.run(feed(settings, scenario))
         deadline = time.monotonic() + args.wait
         done = asyncio.run(completions(settings, set(scenario.expected), deadline))
-        time.sleep(1.0)  # let the projector apply the last events
+        projected(settings, time.monotonic() + 30)  # the read model has every event
         ok = report(settings, scenario, done)
         dlq = asyncio.run(dead_letters(settings, run_tag))
         console.print(f"dead-lettered (batch.dlq.v1): {dlq or 'none'}")
