@@ -15,11 +15,11 @@ from typing import Any
 
 import psycopg
 import redis
-from psycopg import sql
 
+from infrastructure.bootstrap import Bootstrap
 from infrastructure.kafka.clients import ensure_topics, make_consumer, make_producer
 from infrastructure.kafka.local_broker import LocalBroker
-from infrastructure.postgres.store import conninfo, ensure_database
+from infrastructure.postgres.store import ensure_database
 from infrastructure.redis.view import RedisSlotView
 from infrastructure.settings import Settings
 from tests.support.bench.common import (
@@ -50,7 +50,7 @@ class E2EProbe:
         self.samples: list[tuple[float, int, int]] = []  # (time, head, projected)
         self._stop = threading.Event()
         self.view = RedisSlotView.from_settings(settings)
-        self.table = sql.Identifier(settings.database_schema, "batchservice_events")
+        self.store = Bootstrap(settings).batch_service()  # its recorder: the store's head
 
     async def consume(self, stop: asyncio.Event) -> None:
         consumer = make_consumer(
@@ -76,17 +76,18 @@ class E2EProbe:
         finally:
             await consumer.stop()
 
-    def head(self, conn: psycopg.Connection[Any]) -> int:
-        query = sql.SQL("SELECT coalesce(max(notification_id), 0) FROM {}").format(self.table)
-        row = conn.execute(query).fetchone()
-        return int(row[0]) if row else 0
+    def head(self) -> int:
+        return self.store.recorder.max_notification_id() or 0
 
     def sample(self) -> None:
-        with psycopg.connect(**conninfo(self.settings), autocommit=True) as conn:
-            while not self._stop.wait(0.05):
-                with contextlib.suppress(psycopg.Error, redis.RedisError):
-                    head = self.head(conn)
-                    self.samples.append((time.monotonic(), head, self.view.position() or 0))
+        while not self._stop.wait(0.05):
+            with contextlib.suppress(psycopg.Error, redis.RedisError):
+                head = self.head()
+                self.samples.append((time.monotonic(), head, self.view.position() or 0))
+
+    def close(self) -> None:
+        self.view.close()
+        self.store.close()
 
     def start_sampling(self) -> threading.Thread:
         t = threading.Thread(target=self.sample, daemon=True)
@@ -149,8 +150,7 @@ async def e2e_phase(
     while len(probe.completed.get(tag, ())) < batches and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     all_completed = time.monotonic()
-    with psycopg.connect(**conninfo(settings), autocommit=True) as conn:
-        head = probe.head(conn)
+    head = probe.head()
     while (probe.view.position() or 0) < head and time.monotonic() < deadline:
         await asyncio.sleep(0.02)
     consistent = time.monotonic()
@@ -260,7 +260,7 @@ def bench_e2e(sizes: Sizes, mode: str) -> dict[str, Any]:
             except subprocess.TimeoutExpired:
                 p.kill()
         log.close()
-        probe.view.close()
+        probe.close()
         broker.stop()
         drop_scratch(s)
     return out
