@@ -53,7 +53,7 @@ from tests.support.chaos.faults import (
 from tests.support.chaos.fleet import Fleet
 from tests.support.chaos.store import outbox_position, positions, read_store
 from tests.support.scenario import Message, Scenario, content, generate, registration
-from tests.support.scratch import drop_scratch
+from tests.support.scratch import drop_scratch, scratch_env, topic_env
 
 
 @dataclass(frozen=True)
@@ -113,19 +113,17 @@ class ChaosRun:
         base = {k: v for k, v in os.environ.items() if not k.startswith(("TOPIC_", "KAFKA_"))}
         self.env = {
             **base,
-            "DATABASE_URL": os.environ.get(
-                "CHAOS_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/batchslot_chaos"
+            **scratch_env(
+                os.environ.get(
+                    "CHAOS_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/batchslot_chaos"
+                ),
+                os.environ.get("CHAOS_REDIS_URL", "redis://127.0.0.1:6379/0"),
+                schema=f"chaos_{self.tag}".lower(),
+                key_prefix=f"chaos:{self.tag}:",
             ),
-            "DATABASE_SCHEMA": f"chaos_{self.tag}".lower(),
-            "REDIS_URL": os.environ.get("CHAOS_REDIS_URL", "redis://127.0.0.1:6379/0"),
-            "REDIS_KEY_PREFIX": f"chaos:{self.tag}:",
             "KAFKA_BOOTSTRAP_SERVERS": self.broker.bootstrap_servers,
+            **topic_env(self.tag),
             "KAFKA_CONSUMER_GROUP": f"chaos-{self.tag}",
-            "TOPIC_BATCH_REGISTERED": f"reg-{self.tag}",
-            "TOPIC_CONTENT_PROVISIONED": f"prov-{self.tag}",
-            "TOPIC_VALIDATION_FAILED": f"fail-{self.tag}",
-            "TOPIC_BATCH_EVENTS": f"events-{self.tag}",
-            "TOPIC_DLQ": f"dlq-{self.tag}",
             "BATCH_TIMEOUT_SECONDS": str(self.o.batch_timeout_seconds),
             "SWEEP_INTERVAL_SECONDS": "1",
             "LOG_LEVEL": "INFO",
