@@ -295,26 +295,49 @@ class BatchService(Application[UUID]):
         return Result(command, "recorded" if events else "noop", events=events)
 
     def _apply(self, batch: Batch, command: AnyCommand, now: datetime) -> None:
-        cid = command.correlation_id
-        match command:
-            case RegisterBatch():
-                batch.register(list(command.essay_ids), now, self.timeout_seconds, cid)
-            case ProvisionContent():
-                batch.provision_content(
-                    command.text_storage_id,
-                    command.file_upload_id,
-                    command.original_file_name,
-                    now,
-                    cid,
-                )
-            case RecordValidationFailure():
-                batch.record_validation_failure(
-                    command.file_upload_id, command.original_file_name, command.error_code, now, cid
-                )
-            case TimeOutBatch():
-                batch.time_out(now, cid)
-            case ExpirePending():
-                batch.expire_pending(now, self.pending_ttl_seconds, cid)
+        apply_command(
+            batch,
+            command,
+            now,
+            timeout_seconds=self.timeout_seconds,
+            pending_ttl_seconds=self.pending_ttl_seconds,
+        )
+
+
+def apply_command(
+    batch: Batch,
+    command: AnyCommand,
+    now: datetime,
+    *,
+    timeout_seconds: int,
+    pending_ttl_seconds: int,
+) -> None:
+    """Let ``batch`` decide ``command`` at ``now`` (new events stay pending on it).
+
+    The one mapping from a command to the aggregate's method; raises the
+    aggregate's ``BatchRejection``. Used by ``BatchService`` and by the
+    benchmark's naive baseline (scripts/bench.py).
+    """
+    cid = command.correlation_id
+    match command:
+        case RegisterBatch():
+            batch.register(list(command.essay_ids), now, timeout_seconds, cid)
+        case ProvisionContent():
+            batch.provision_content(
+                command.text_storage_id,
+                command.file_upload_id,
+                command.original_file_name,
+                now,
+                cid,
+            )
+        case RecordValidationFailure():
+            batch.record_validation_failure(
+                command.file_upload_id, command.original_file_name, command.error_code, now, cid
+            )
+        case TimeOutBatch():
+            batch.time_out(now, cid)
+        case ExpirePending():
+            batch.expire_pending(now, pending_ttl_seconds, cid)
 
 
 _FRESH = (TimeOutBatch, ExpirePending)
@@ -378,14 +401,3 @@ def _with_position(result: Result, position: int | None) -> Result:
     return Result(
         result.command, result.outcome, result.events, result.reason, result.detail, position
     )
-
-
-def describe(result: Result) -> dict[str, Any]:
-    """A loggable summary of a result (no payloads)."""
-    return {
-        "command": type(result.command).__name__,
-        "batch_id": result.command.batch_id,
-        "outcome": result.outcome,
-        "events": result.events,
-        "reason": result.reason,
-    }

@@ -27,19 +27,23 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn
-from rich.table import Table
-
-from infrastructure.kafka.clients import ensure_topics, make_consumer, make_producer
-from infrastructure.kafka.local_broker import BrokerUnavailable
-from infrastructure.postgres.store import ensure_database
-from infrastructure.processes.runtime import local_broker_if_needed
-from infrastructure.redis.view import RedisSlotView
-from infrastructure.scenario import Scenario, generate
-from infrastructure.settings import Settings, SettingsError, load_settings
-
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # tests.support (the scenario) is not an installed package
+    sys.path.insert(0, str(ROOT))
+
+from rich.console import Console  # noqa: E402
+from rich.progress import BarColumn, Progress, TextColumn  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from infrastructure.bootstrap import Bootstrap  # noqa: E402
+from infrastructure.kafka.clients import ensure_topics, make_consumer, make_producer  # noqa: E402
+from infrastructure.kafka.local_broker import BrokerUnavailable  # noqa: E402
+from infrastructure.postgres.store import ensure_database  # noqa: E402
+from infrastructure.processes.runtime import local_broker_if_needed  # noqa: E402
+from infrastructure.redis.view import RedisSlotView  # noqa: E402
+from infrastructure.settings import Settings, SettingsError, load_settings  # noqa: E402
+from tests.support.scenario import Scenario, generate  # noqa: E402
+
 console = Console(width=None if sys.stdout.isatty() else 150)
 
 
@@ -80,7 +84,6 @@ async def completions(
     await consumer.start()
     seen: set[str] = set()
     done: dict[str, dict[str, Any]] = {}
-    view = RedisSlotView.from_settings(settings)
     try:
         with Progress(
             TextColumn("batches closed (from batch.events.v1)"),
@@ -102,7 +105,6 @@ async def completions(
                 bar.update(task, completed=len(done))
     finally:
         await consumer.stop()
-        view.close()
     return done
 
 
@@ -121,6 +123,19 @@ async def dead_letters(settings: Settings, run_tag: str) -> dict[str, int]:
     finally:
         await consumer.stop()
     return reasons
+
+
+def projected(settings: Settings, deadline: float) -> None:
+    """Wait until the projector has applied every stored event (or the deadline)."""
+    service = Bootstrap(settings).batch_service()
+    view = RedisSlotView.from_settings(settings)
+    try:
+        head = service.recorder.max_notification_id() or 0
+        while (view.position() or 0) < head and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        view.close()
+        service.close()
 
 
 def report(settings: Settings, scenario: Scenario, done: dict[str, dict[str, Any]]) -> bool:
@@ -213,7 +228,7 @@ def main() -> int:
         asyncio.run(feed(settings, scenario))
         deadline = time.monotonic() + args.wait
         done = asyncio.run(completions(settings, set(scenario.expected), deadline))
-        time.sleep(1.0)  # let the projector apply the last events
+        projected(settings, time.monotonic() + 30)  # the read model has every event
         ok = report(settings, scenario, done)
         dlq = asyncio.run(dead_letters(settings, run_tag))
         console.print(f"dead-lettered (batch.dlq.v1): {dlq or 'none'}")

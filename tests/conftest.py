@@ -8,20 +8,19 @@ default under CI=true) and ``local``; choose with HYPOTHESIS_PROFILE.
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
-import psycopg
 import pytest
-import redis
 from hypothesis import HealthCheck, settings
 
 from application.service import BatchService
 from infrastructure.bootstrap import Bootstrap
 from infrastructure.kafka.local_broker import LocalBroker
-from infrastructure.postgres.store import conninfo
-from infrastructure.settings import Settings, load_settings
+from infrastructure.settings import Settings
+from tests.support.scratch import drop_redis_prefix, drop_schema, new_tag, scratch_settings
+
+__all__ = ["drop_redis_prefix", "drop_schema"]  # re-exported for the tests
 
 settings.register_profile(
     "ci", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
@@ -41,28 +40,10 @@ TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 def make_settings(**extra: str) -> Settings:
     """Settings for one test: a fresh schema and Redis key prefix."""
-    tag = uuid.uuid4().hex[:10]
-    env = {
-        "DATABASE_URL": TEST_DATABASE_URL,
-        "DATABASE_SCHEMA": f"t_{tag}",
-        "REDIS_URL": TEST_REDIS_URL,
-        "REDIS_KEY_PREFIX": f"test:{tag}:",
-        **extra,
-    }
-    return load_settings(env)
-
-
-def drop_schema(s: Settings) -> None:
-    with psycopg.connect(**conninfo(s), autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA IF EXISTS "{s.database_schema}" CASCADE')
-
-
-def drop_redis_prefix(s: Settings) -> None:
-    client = redis.Redis.from_url(s.redis_url.get_secret_value())
-    keys = list(client.scan_iter(match=f"{s.redis_key_prefix}*", count=1000))
-    for i in range(0, len(keys), 500):
-        client.delete(*keys[i : i + 500])
-    client.close()
+    tag = new_tag()
+    return scratch_settings(
+        TEST_DATABASE_URL, TEST_REDIS_URL, schema=f"t_{tag}", key_prefix=f"test:{tag}:", **extra
+    )
 
 
 @pytest.fixture
@@ -71,13 +52,6 @@ def test_settings() -> Iterator[Settings]:
     yield s
     drop_schema(s)
     drop_redis_prefix(s)
-
-
-@pytest.fixture
-def redis_client(test_settings: Settings) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(test_settings.redis_url.get_secret_value())
-    yield client
-    client.close()
 
 
 @pytest.fixture(scope="session")

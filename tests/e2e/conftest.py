@@ -3,31 +3,24 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from infrastructure.kafka.clients import ensure_topics, make_consumer, make_producer
+from infrastructure.kafka.clients import client_kwargs, ensure_topics, make_consumer, make_producer
 from infrastructure.kafka.local_broker import LocalBroker
-from infrastructure.scenario import Message
 from infrastructure.settings import Settings
 from tests.conftest import drop_redis_prefix, drop_schema, make_settings
+from tests.support.scenario import Message
+from tests.support.scratch import new_tag, topic_env
 
 
 def kafka_settings(broker: LocalBroker, **extra: str) -> Settings:
-    tag = uuid.uuid4().hex[:8]
     return make_settings(
-        KAFKA_BOOTSTRAP_SERVERS=broker.bootstrap_servers,
-        KAFKA_CONSUMER_GROUP=f"g-{tag}",
-        TOPIC_BATCH_REGISTERED=f"reg-{tag}",
-        TOPIC_CONTENT_PROVISIONED=f"prov-{tag}",
-        TOPIC_VALIDATION_FAILED=f"fail-{tag}",
-        TOPIC_BATCH_EVENTS=f"events-{tag}",
-        TOPIC_DLQ=f"dlq-{tag}",
-        **extra,
+        KAFKA_BOOTSTRAP_SERVERS=broker.bootstrap_servers, **topic_env(new_tag(8)), **extra
     )
 
 
@@ -94,4 +87,55 @@ async def eventually(check: Callable[[], bool], timeout: float = 30.0) -> None:
     while not check():
         if loop.time() > deadline:
             raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.1)
+
+
+async def end_offsets(settings: Settings, topics: Iterable[str]) -> dict[TopicPartition, int]:
+    """The end (next) offset of every partition of ``topics``, as the broker has them now."""
+    consumer = AIOKafkaConsumer(**client_kwargs(settings))
+    await consumer.start()
+    try:
+        partitions = []
+        for topic in topics:
+            numbers = consumer.partitions_for_topic(topic)
+            assert numbers, f"no partitions known for {topic}"  # never wait on nothing
+            partitions += [TopicPartition(topic, p) for p in numbers]
+        return dict(await consumer.end_offsets(partitions))
+    finally:
+        await consumer.stop()
+
+
+async def committed_offsets(
+    settings: Settings, partitions: Iterable[TopicPartition]
+) -> dict[TopicPartition, int | None]:
+    """The worker group's committed offsets (a consumer of the group that joins nothing)."""
+    consumer = AIOKafkaConsumer(
+        **client_kwargs(settings), group_id=settings.kafka_consumer_group, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        return {tp: await consumer.committed(tp) for tp in partitions}
+    finally:
+        await consumer.stop()
+
+
+async def drained(settings: Settings, timeout: float = 30.0) -> None:
+    """Wait until the worker group has committed every inbound record produced so far.
+
+    The worker commits an offset only after its command is recorded (or is a
+    no-op, or dead-lettered), so afterwards nothing produced before this call is
+    still in hand.
+    """
+    ends = await end_offsets(settings, settings.topics.inbound)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        committed = await committed_offsets(settings, ends)
+        behind = {
+            tp: (committed[tp], end) for tp, end in ends.items() if (committed[tp] or 0) < end
+        }
+        if not behind:
+            return
+        if loop.time() > deadline:
+            raise AssertionError(f"the worker group did not commit up to the end: {behind}")
         await asyncio.sleep(0.1)

@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 
 from infrastructure.bootstrap import Bootstrap
-from infrastructure.scenario import content, registration
 from infrastructure.settings import Settings
 from tests.e2e.conftest import eventually, produce
 from tests.e2e.test_secrets import process_env
+from tests.support.scenario import content, registration
 
 ROOT = Path(__file__).resolve().parents[2]
 AMBIENT = {

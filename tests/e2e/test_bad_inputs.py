@@ -29,9 +29,9 @@ from domain import Batch
 from infrastructure.bootstrap import Bootstrap
 from infrastructure.kafka.clients import make_producer
 from infrastructure.processes.worker import Worker
-from infrastructure.scenario import EVENT_TYPES, Kind
 from infrastructure.settings import Settings
 from tests.e2e.conftest import consume, eventually, running
+from tests.support.scenario import EVENT_TYPES, Kind
 
 GOOD = "good-batch"
 GOOD_SLOTS = 80

@@ -32,9 +32,9 @@ from infrastructure import metrics
 from infrastructure.bootstrap import Bootstrap
 from infrastructure.kafka.clients import client_kwargs
 from infrastructure.processes.worker import Worker
-from infrastructure.scenario import Message, content, registration
 from infrastructure.settings import Settings
 from tests.e2e.conftest import consume, eventually, running, topic_of
+from tests.support.scenario import Message, content, registration
 
 ROOT = Path(__file__).resolve().parents[2]
 CODECS = {"gzip": 1, "snappy": 2, "lz4": 3, "zstd": 4}

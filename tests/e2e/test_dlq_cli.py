@@ -29,11 +29,11 @@ from infrastructure.kafka.clients import ensure_topics, make_consumer
 from infrastructure.kafka.local_broker import LocalBroker
 from infrastructure.postgres.store import conninfo
 from infrastructure.processes.worker import Worker
-from infrastructure.scenario import Message, content, envelope, registration
 from infrastructure.settings import Settings
 from tests.conftest import drop_redis_prefix, drop_schema
 from tests.e2e.conftest import consume, eventually, kafka_settings, produce, running
 from tests.e2e.test_cli import batchctl as run_batchctl
+from tests.support.scenario import Message, content, envelope, registration
 
 
 @pytest.fixture

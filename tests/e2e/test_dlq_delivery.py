@@ -20,10 +20,10 @@ from infrastructure.kafka.dlq import DeadLetter, send_dead_letters
 from infrastructure.kafka.local_broker import answers, broker_binary, free_port
 from infrastructure.processes import worker
 from infrastructure.processes.worker import Worker
-from infrastructure.scenario import Message, content, registration
 from infrastructure.settings import Settings
 from tests.conftest import make_settings
 from tests.e2e.conftest import consume, eventually, running
+from tests.support.scenario import Message, content, registration
 
 
 def letter(n: int, topic: str = "reg-x") -> DeadLetter:

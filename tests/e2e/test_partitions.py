@@ -4,7 +4,7 @@ connections (issue 17): the service resumes on its own, nothing is lost or dead-
 ``batchctl run`` runs as a process and reaches PostgreSQL, Redis and Kafka each
 through its own partition proxy (tests/support/proxy.py); the test's broker
 advertises its proxy's address, so every Kafka connection goes through it too.
-The test feeds realistic traffic (infrastructure/scenario.py), partitions one
+The test feeds realistic traffic (tests/support/scenario.py), partitions one
 dependency for a few seconds mid-run, heals it, sends a probe batch and takes
 the time from the heal until the probe is completed, projected to Redis and
 published: that is the resume time, bounded by RESUME_BOUND_SECONDS. Short
@@ -36,11 +36,11 @@ import redis
 from infrastructure.kafka.clients import ensure_topics
 from infrastructure.kafka.local_broker import LocalBroker
 from infrastructure.redis.keys import summary_key
-from infrastructure.scenario import Scenario, content, generate, registration
 from infrastructure.settings import Settings
 from tests.conftest import TEST_DATABASE_URL, TEST_REDIS_URL, drop_redis_prefix, drop_schema
 from tests.e2e.conftest import consume, kafka_settings, produce
 from tests.support.proxy import ProxyThread
+from tests.support.scenario import Scenario, content, generate, registration
 
 ROOT = Path(__file__).resolve().parents[2]
 RESUME_BOUND_SECONDS = 30.0  # heal -> probe batch completed, projected and published

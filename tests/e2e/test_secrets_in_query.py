@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
@@ -23,7 +22,6 @@ import pytest
 
 from infrastructure.bootstrap import Bootstrap
 from infrastructure.kafka.local_broker import LocalBroker
-from infrastructure.scenario import content, registration
 from infrastructure.settings import load_settings, redact_url
 from tests.conftest import TEST_DATABASE_URL, TEST_REDIS_URL, drop_redis_prefix, drop_schema
 from tests.e2e.conftest import eventually, produce
@@ -37,6 +35,8 @@ from tests.e2e.test_secrets import (
     process_env,
     redis_user,  # noqa: F401 - a fixture
 )
+from tests.support.scenario import content, registration
+from tests.support.scratch import new_tag, topic_env
 
 
 def pg_url(base: str = TEST_DATABASE_URL) -> str:
@@ -49,19 +49,14 @@ def redis_url(user: str, base: str = TEST_REDIS_URL) -> str:
 
 @pytest.fixture
 def query_env(broker: LocalBroker, redis_user: str) -> Iterator[dict[str, str]]:  # noqa: F811
-    tag = uuid.uuid4().hex[:8]
+    tag = new_tag(8)
     env = {
         "DATABASE_URL": pg_url(),
         "DATABASE_SCHEMA": f"t_{tag}",
         "REDIS_URL": redis_url(redis_user),
         "REDIS_KEY_PREFIX": f"test:{tag}:",
         "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
-        "KAFKA_CONSUMER_GROUP": f"g-{tag}",
-        "TOPIC_BATCH_REGISTERED": f"reg-{tag}",
-        "TOPIC_CONTENT_PROVISIONED": f"prov-{tag}",
-        "TOPIC_VALIDATION_FAILED": f"fail-{tag}",
-        "TOPIC_BATCH_EVENTS": f"events-{tag}",
-        "TOPIC_DLQ": f"dlq-{tag}",
+        **topic_env(tag),
         "LOG_LEVEL": "DEBUG",
     }
     # The query-string password really is what Redis gets: a wrong one is refused.

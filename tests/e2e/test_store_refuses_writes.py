@@ -25,11 +25,11 @@ from infrastructure.kafka.clients import client_kwargs, ensure_topics
 from infrastructure.kafka.local_broker import LocalBroker
 from infrastructure.postgres.store import conninfo
 from infrastructure.processes.worker import Worker
-from infrastructure.scenario import Message, content, registration
 from infrastructure.settings import Settings, load_settings
 from infrastructure.transient import is_transient, store_writable
 from tests.conftest import TEST_DATABASE_URL, drop_redis_prefix
 from tests.e2e.conftest import consume, eventually, kafka_settings, produce, running
+from tests.support.scenario import Message, content, registration
 
 
 def admin_connect() -> psycopg.Connection[Any]:

@@ -10,9 +10,9 @@ from application.service import BatchService
 from domain import Batch
 from infrastructure.bootstrap import Bootstrap
 from infrastructure.processes.worker import Worker
-from infrastructure.scenario import Message, content, envelope, failure, registration
 from infrastructure.settings import Settings
-from tests.e2e.conftest import consume, eventually, produce, running
+from tests.e2e.conftest import consume, drained, end_offsets, eventually, produce, running
+from tests.support.scenario import Message, content, envelope, failure, registration
 
 
 def stored_types(service: BatchService, batch_id: str) -> list[str]:
@@ -103,10 +103,7 @@ def test_twenty_duplicate_deliveries_yield_one_assignment(e2e_settings: Settings
     async def scenario() -> None:
         async with running(Worker(e2e_settings, service).run):
             await produce(e2e_settings, messages)
-            await eventually(
-                lambda: (b := service.get_batch("dup")) is not None and b.is_registered
-            )
-            await asyncio.sleep(0.5)
+            await drained(e2e_settings)  # every delivery handled and committed
 
     asyncio.run(scenario())
     assert stored_types(service, "dup").count("SlotAssigned") == 1
@@ -166,17 +163,13 @@ def test_two_workers_in_one_group_split_the_load_and_lose_nothing(e2e_settings: 
         ]
 
     async def scenario() -> None:
+        partitions = set(await end_offsets(e2e_settings, e2e_settings.topics.inbound))
         async with running(worker_a.run), running(worker_b.run):
-            await asyncio.sleep(3)  # let the group settle with both members
+            # The group has settled with both members: each holds some partitions, and
+            # together, without overlap, they hold all of them.
+            await eventually(lambda: _split_between(partitions, worker_a, worker_b), timeout=60)
             await produce(e2e_settings, messages)
-            await eventually(
-                lambda: all(
-                    (x := service_a.get_batch(b)) is not None and x.status == "completed"
-                    for b in batches
-                ),
-                timeout=60,
-            )
-            await asyncio.sleep(1)
+            await drained(e2e_settings, timeout=60)  # every message handled and committed
 
     asyncio.run(scenario())
     for b in batches:
@@ -188,6 +181,16 @@ def test_two_workers_in_one_group_split_the_load_and_lose_nothing(e2e_settings: 
     assert handled["a"] + handled["b"] >= len(messages)
     service_a.close()
     service_b.close()
+
+
+def _split_between(partitions: set[Any], *workers: Worker) -> bool:
+    """Each worker holds some of ``partitions``, none twice, all of them together.
+
+    (The worker's consumer is private; the broker cannot describe groups.)
+    """
+    held = [w._consumer.assignment() if w._consumer else set() for w in workers]
+    together = set().union(*held)
+    return all(held) and sum(map(len, held)) == len(together) and together == partitions
 
 
 class _PoisonedService(BatchService):

@@ -3,25 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 
 from aiokafka.admin import AIOKafkaAdminClient
 
 from infrastructure.kafka.clients import client_kwargs, ensure_topics
 from infrastructure.kafka.local_broker import LocalBroker
 from tests.conftest import make_settings
+from tests.support.scratch import new_tag, topic_env
 
 
 def test_ensure_topics_is_idempotent(broker: LocalBroker) -> None:
-    tag = uuid.uuid4().hex[:8]
     settings = make_settings(
         KAFKA_BOOTSTRAP_SERVERS=broker.bootstrap_servers,
         KAFKA_TOPIC_PARTITIONS="5",
-        TOPIC_BATCH_EVENTS=f"events.{tag}",
-        TOPIC_DLQ=f"dlq.{tag}",
-        TOPIC_BATCH_REGISTERED=f"reg.{tag}",
-        TOPIC_CONTENT_PROVISIONED=f"prov.{tag}",
-        TOPIC_VALIDATION_FAILED=f"fail.{tag}",
+        **topic_env(new_tag(8), sep="."),
     )
 
     async def scenario() -> None:

@@ -11,7 +11,6 @@ import asyncio
 import json
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
@@ -25,24 +24,22 @@ from application.service import BatchService
 from infrastructure.bootstrap import Bootstrap
 from infrastructure.kafka.clients import make_consumer
 from infrastructure.kafka.local_broker import LocalBroker
+from infrastructure.postgres.listen import Listener
+from infrastructure.processes import outbox as outbox_module
 from infrastructure.processes.outbox import Outbox, run_outbox
 from infrastructure.settings import Settings
 from projections.envelope import envelope_of
 from tests.conftest import ManualClock, drop_schema, make_settings
 from tests.strategies import PENDING_TTL_SECONDS, TIMEOUT_SECONDS, Step, Tick, workloads
+from tests.support.scratch import new_tag, topic_env
 
 FAST = {"request_timeout_ms": 2000, "retry_backoff_ms": 50}
 
 
 def outbox_settings(bootstrap: str) -> Settings:
-    tag = uuid.uuid4().hex[:8]
     return make_settings(
         KAFKA_BOOTSTRAP_SERVERS=bootstrap,
-        TOPIC_BATCH_REGISTERED=f"reg.{tag}",
-        TOPIC_CONTENT_PROVISIONED=f"prov.{tag}",
-        TOPIC_VALIDATION_FAILED=f"fail.{tag}",
-        TOPIC_BATCH_EVENTS=f"events.{tag}",
-        TOPIC_DLQ=f"dlq.{tag}",
+        **topic_env(new_tag(8), sep="."),
         BATCH_TIMEOUT_SECONDS=str(TIMEOUT_SECONDS),
         PENDING_TTL_SECONDS=str(PENDING_TTL_SECONDS),
     )
@@ -85,9 +82,16 @@ async def consume(settings: Settings, count: int, timeout: float = 20.0) -> list
             batches = await consumer.getmany(timeout_ms=200)
             for part in batches.values():
                 records.extend(part)
-        await asyncio.sleep(0.3)  # anything extra (beyond the duplicates expected) shows up
-        for part in (await consumer.getmany(timeout_ms=200)).values():
-            records.extend(part)
+        # Anything extra (beyond the duplicates expected): read on to the topic's end.
+        ends = await consumer.end_offsets(list(consumer.assignment()))
+
+        async def at_end() -> bool:
+            return all([await consumer.position(tp) >= end for tp, end in ends.items()])
+
+        while not await at_end():
+            assert time.monotonic() < deadline, f"the topic's end {ends} not reached"
+            for part in (await consumer.getmany(timeout_ms=200)).values():
+                records.extend(part)
     finally:
         await consumer.stop()
     return records
@@ -216,18 +220,41 @@ def test_crash_between_publish_and_tracking_republishes_only_that_page(
     assert set(seen.values()) == {1, 2}
 
 
-def test_run_wakes_on_notify_and_catches_up(env: tuple[Settings, BatchService]) -> None:
+class _IdleSignal(Listener):
+    """The real LISTEN, telling the test when the outbox waits on it, idle.
+
+    Its first ``wait`` connects and LISTENs and returns at once; the outbox then
+    reads once more, and every later ``wait`` is an idle one.
+    """
+
+    idle: asyncio.Event
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.calls = 0
+
+    async def wait(self, timeout: float) -> None:
+        self.calls += 1
+        if self.calls > 1:
+            type(self).idle.set()
+        await super().wait(timeout)
+
+
+def test_run_wakes_on_notify_and_catches_up(
+    env: tuple[Settings, BatchService], monkeypatch: pytest.MonkeyPatch
+) -> None:
     s, service = env
     busy_workload(service, batches=1)
     outbox = Outbox(s, service, idle_timeout=60.0)  # only a NOTIFY can wake it in time
+    monkeypatch.setattr(outbox_module, "Listener", _IdleSignal)
 
     async def body() -> None:
+        _IdleSignal.idle = asyncio.Event()
         await until(lambda: outbox.lag() == 0)
-        await asyncio.sleep(0.3)  # now idle, waiting on LISTEN
-        started = time.monotonic()
+        await asyncio.wait_for(_IdleSignal.idle.wait(), 20)  # now idle, waiting on LISTEN
         await asyncio.to_thread(busy_workload, service, 2)
-        await until(lambda: outbox.lag() == 0, timeout=10)
-        assert time.monotonic() - started < 10
+        # Well within the 60 s idle timeout: only the NOTIFY can have woken it.
+        await until(lambda: outbox.lag() == 0, timeout=20)
 
     asyncio.run(running(outbox, body))
     total = len(stored(service))
@@ -284,9 +311,10 @@ def test_broker_down_then_restarted(tmp_path: Any) -> None:
             await until(lambda: outbox.lag() == 0)
             published = outbox.position()
             own.stop()
-            started = time.monotonic()
+            before = len(stored(service))
             await asyncio.to_thread(busy_workload, service, 2)  # commands never wait
-            assert time.monotonic() - started < 5
+            # ...for the broker: they were all stored while it was down, none published.
+            assert len(stored(service)) > before and outbox.position() == published
             # Restart only once the in-flight page has failed: Tansu acknowledges (and
             # drops) a produce to a topic it does not know, which a retry that reaches
             # the restarted, empty broker before ensure_topics would be.

@@ -12,7 +12,7 @@ from prometheus_client import REGISTRY
 from application.commands import ProvisionContent, RecordValidationFailure, RegisterBatch
 from application.messages import InvalidMessage, TopicKind, parse_inbound, parse_message
 from infrastructure.kafka.inbound import parse_counted
-from infrastructure.scenario import envelope
+from tests.support.scenario import envelope
 
 DATA: dict[TopicKind, dict[str, Any]] = {
     "registered": {"batch_id": "b1", "essay_ids": ["e1", "e2"], "expected_essay_count": 2},

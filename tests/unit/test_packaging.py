@@ -185,3 +185,16 @@ def test_dockerfile_installs_the_production_lock_and_runs_unprivileged() -> None
     packages = PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]
     copied = {ln.split()[1] for ln in builder if ln.startswith("COPY ")}
     assert {p.rstrip("*") for p in packages} <= copied, "every package goes into the image"
+
+
+def test_support_code_is_not_installed() -> None:
+    """The scenario generator, the benchmark and the fault run live in tests/support/,
+    which the installed package (and the image) leaves out."""
+    from setuptools import find_packages
+
+    include = PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]
+    installed = find_packages(where=str(ROOT), include=include)
+    assert "infrastructure" in installed and "domain" in installed
+    assert not [p for p in installed if p.split(".")[0] in ("tests", "scripts")]
+    modules = {m.stem for p in installed for m in (ROOT / p.replace(".", "/")).glob("*.py")}
+    assert not modules & {"scenario", "chaos", "bench", "scratch"}, modules

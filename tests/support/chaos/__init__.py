@@ -1,0 +1,1 @@
+"""The fault run (scripts/chaos.py): processes, faults, readers and the history checker."""
