@@ -180,6 +180,7 @@ class Outbox:
         )
         if not page:
             return 0
+        started = time.perf_counter()
         self._recorded = max(self._recorded, position)
         self._record_lock = asyncio.Lock()  # this page's partitions take turns recording
         parked = await asyncio.to_thread(self.parking.batches)
@@ -200,6 +201,7 @@ class Outbox:
             raise
         self._refusals = 0
         await self._checkpoint(progress, final=True)
+        metrics.OUTBOX_PUBLISH_SECONDS.observe(time.perf_counter() - started)
         return len(page)
 
     def _record(self, notification_id: int) -> None:

@@ -19,6 +19,9 @@ from typing import Any, TypeVar
 from application.service import BatchService
 from infrastructure import metrics
 from infrastructure.bootstrap import Bootstrap
+from infrastructure.health.checks import readiness_checks
+from infrastructure.health.metering import report_pending_age
+from infrastructure.health.server import start_health
 from infrastructure.kafka.clients import ensure_topics
 from infrastructure.kafka.local_broker import BrokerUnavailable, LocalBroker, answers, first_address
 from infrastructure.postgres import timeouts as pg_timeouts
@@ -68,7 +71,7 @@ async def serve(settings: Settings, parts: Parts, stop: asyncio.Event | None = N
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    metrics.serve(settings.metrics_port)
+    health = await start_health(settings, stop)  # /metrics, /healthz, /readyz
     if parts.needs_kafka:
         await _when_available("Kafka", lambda: ensure_topics(settings), stop, settings)
     service = await _when_available(
@@ -84,6 +87,7 @@ async def serve(settings: Settings, parts: Parts, stop: asyncio.Event | None = N
     projector = Projector(settings, service=service, view=view) if parts.projector else None
     outbox = Outbox(settings, service) if parts.outbox else None
     jobs: list[Coroutine[Any, Any, None]] = [_report_lag(service, view, outbox, stop)]
+    worker: Worker | None = None
     if outbox is not None:
         jobs.append(outbox.run(stop))
         jobs.append(_watch_outbox(outbox, service, settings, stop))
@@ -93,10 +97,17 @@ async def serve(settings: Settings, parts: Parts, stop: asyncio.Event | None = N
         jobs.append(_watch_worker(worker, settings, stop))
     if parts.sweep:
         jobs.append(run_sweep(service, view, settings.sweep_interval_seconds, stop))
+        jobs.append(report_pending_age(service, settings.pending_age_interval_seconds, stop))
     if projector is not None:
         projector.start()
         jobs.append(_watch_projector(projector, stop))
         jobs.append(_watch_projector_progress(projector, service, settings, stop))
+    health.ready_with(
+        readiness_checks(
+            settings, service, view=view, worker=worker, projector=projector, outbox=outbox,
+            sweep=parts.sweep,
+        )
+    )
     log.info("service started", extra={"parts": vars(parts), "settings": settings.redacted()})
     tasks = [asyncio.create_task(job) for job in jobs]
     try:
