@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from infrastructure.kafka.local_broker import LocalBroker, free_port
+from infrastructure.kafka.local_broker import free_port
 from infrastructure.scenario import Message, content, envelope, registration
 from infrastructure.settings import Settings
 from tests.conftest import TEST_DATABASE_URL, TEST_REDIS_URL
