@@ -23,7 +23,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
@@ -95,8 +95,10 @@ class Probe:
 class Health:
     """The process's liveness (heartbeat) and readiness (named checks)."""
 
-    def __init__(self, max_silence: float) -> None:
+    def __init__(self, max_silence: float, secrets: Sequence[str] = ()) -> None:
         self.max_silence = max_silence
+        # A probe's error text goes out over HTTP: no known secret in it (as in the logs).
+        self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
         self.last_beat = time.monotonic()
         self.checks: dict[str, CheckFn] | None = None  # None: still starting
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="readyz")
@@ -121,6 +123,12 @@ class Health:
         """Every part has started: /readyz now runs these checks."""
         self.checks = dict(checks)
 
+    def _redacted(self, check: Check) -> Check:
+        detail = check.detail
+        for secret in self.secrets:
+            detail = detail.replace(secret, "***")
+        return check if detail == check.detail else Check(check.ok, detail)
+
     def ready(self) -> tuple[bool, dict[str, Any]]:
         results: dict[str, Check] = {"loop": self.live()}
         if self.checks is None:
@@ -132,6 +140,7 @@ class Health:
                     results[name] = future.result()
                 except Exception as e:  # a check's own bug must not hide the others
                     results[name] = Check(False, f"check failed: {e!r}"[:300])
+        results = {name: self._redacted(c) for name, c in results.items()}
         failing = [name for name, c in results.items() if not c.ok]
         body = {
             "status": "not ready" if failing else "ready",
@@ -206,7 +215,7 @@ async def start_health(settings: Settings, stop: asyncio.Event) -> Health:
     every part has started.
     """
     set_build_info()
-    health = Health(settings.healthz_max_silence_seconds)
+    health = Health(settings.healthz_max_silence_seconds, settings.secrets())
     server = HealthServer(health, settings.metrics_port)
 
     async def beat() -> None:

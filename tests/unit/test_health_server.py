@@ -89,3 +89,10 @@ def test_a_probe_is_bounded_cached_and_never_piles_up() -> None:
 
     failing = Probe(broken, timeout=1, ttl=0)
     assert failing() == Check(False, "ConnectionRefusedError: refused")
+
+
+def test_no_secret_in_a_check_detail() -> None:
+    health = Health(max_silence=30.0, secrets=["s3cret"])
+    health.ready_with({"postgres": lambda: Check(False, "auth failed for s3cret@db")})
+    ok, body = health.ready()
+    assert not ok and body["checks"]["postgres"]["detail"] == "auth failed for ***@db"
