@@ -1,8 +1,8 @@
-"""Prometheus metrics of every process (scraped from METRICS_PORT when set)."""
+"""Prometheus metrics of every process (served on METRICS_PORT by infrastructure/health/)."""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram
 
 MESSAGES = Counter(
     "batchslot_messages_consumed_total",
@@ -49,12 +49,6 @@ OUTBOX_REFUSED = Counter(
     "Publications of one event refused by the producer or broker, by error.",
     ["error"],
 )
-
-
-def serve(port: int | None) -> None:
-    """Expose /metrics on the given port (no-op when unset)."""
-    if port is not None:
-        start_http_server(port, addr="0.0.0.0")  # noqa: S104 - scraped from outside
 
 
 STALLS = Counter(
