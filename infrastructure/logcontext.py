@@ -58,7 +58,7 @@ def record_ids(record: Any) -> tuple[str | None, str | None]:
     if value is not None and len(value) <= MAX_PARSED:
         try:
             envelope = json.loads(value)
-        except (ValueError, UnicodeDecodeError):
+        except Exception:  # best effort: any bad input (deep nesting: RecursionError)
             envelope = None
         if isinstance(envelope, dict):
             if isinstance(envelope.get("correlation_id"), str):

@@ -32,3 +32,5 @@ def test_ids_of_a_raw_record_best_effort() -> None:
     assert record_ids(SimpleNamespace(value=value, key=b"k")) == ("c", "b")
     assert record_ids(SimpleNamespace(value=b"\xff not json", key=b"b-key")) == (None, "b-key")
     assert record_ids(SimpleNamespace(value=None, key=None)) == (None, None)
+    deep = b"[" * 100_000 + b"]" * 100_000  # json.loads raises RecursionError
+    assert record_ids(SimpleNamespace(value=deep, key=b"b")) == (None, "b")
