@@ -1,4 +1,8 @@
-"""Structured logs: one JSON object per line, with the correlation id when there is one."""
+"""Structured logs: one JSON object per line, with the correlation id when there is one.
+
+While the worker handles a message, every line carries its ``correlation_id`` and
+``batch_id`` (``infrastructure/logcontext.py``).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,8 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
+
+from infrastructure import logcontext
 
 _STANDARD = set(vars(logging.makeLogRecord({})))
 
@@ -34,6 +40,8 @@ class JsonFormatter(logging.Formatter):
             "msg": record.getMessage(),
         }
         entry.update({k: v for k, v in vars(record).items() if k not in _STANDARD})
+        for key, value in logcontext.current().items():  # the message being handled
+            entry.setdefault(key, value)
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)

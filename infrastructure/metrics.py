@@ -1,8 +1,8 @@
-"""Prometheus metrics of every process (scraped from METRICS_PORT when set)."""
+"""Prometheus metrics of every process (served on METRICS_PORT by infrastructure/health/)."""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, start_http_server
+from prometheus_client import Counter, Gauge, Histogram
 
 MESSAGES = Counter(
     "batchslot_messages_consumed_total",
@@ -51,12 +51,6 @@ OUTBOX_REFUSED = Counter(
 )
 
 
-def serve(port: int | None) -> None:
-    """Expose /metrics on the given port (no-op when unset)."""
-    if port is not None:
-        start_http_server(port, addr="0.0.0.0")  # noqa: S104 - scraped from outside
-
-
 STALLS = Counter(
     "batchslot_stalls_total",
     "Stall watchdog actions by part (worker, projector, outbox): recycled, exit.",
@@ -66,4 +60,40 @@ STALLED = Gauge(
     "batchslot_stalled",
     "1 while the part has work waiting and made no progress for STALL_TIMEOUT_SECONDS.",
     ["part"],
+)
+
+# Latency, pending age and build (issue 15 #3; observed in infrastructure/health/metering.py
+# and at the few places named in each help text).
+_SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+COMMAND_SECONDS = Histogram(
+    "batchslot_command_seconds",
+    "Worker: deciding and storing one poll's commands (one BatchService.execute call that "
+    "succeeded; a poll's commands are decided together and stored in one transaction).",
+    buckets=_SECONDS,
+)
+PRODUCE_TO_RECORD_SECONDS = Histogram(
+    "batchslot_produce_to_record_seconds",
+    "Worker: from an inbound record's Kafka timestamp (producer CreateTime or broker "
+    "LogAppendTime) to its command recorded in the event store; recorded commands only.",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0),
+)
+OUTBOX_PUBLISH_SECONDS = Histogram(
+    "batchslot_outbox_publish_seconds",
+    "Outbox: publishing one page (sent, acknowledged by Kafka, position recorded).",
+    buckets=_SECONDS,
+)
+PROJECTION_APPLY_SECONDS = Histogram(
+    "batchslot_projection_apply_seconds",
+    "Projector: applying one page of events to the Redis read model.",
+    buckets=_SECONDS,
+)
+PENDING_CONTENT_AGE = Gauge(
+    "batchslot_pending_content_age_seconds",
+    "Age of the oldest content pending for a batch not yet registered (0: none); computed "
+    "from the event store every PENDING_AGE_INTERVAL_SECONDS by worker processes.",
+)
+BUILD_INFO = Gauge(
+    "batchslot_build_info",
+    "Always 1; the labels say which build runs (package version, Python version).",
+    ["version", "python"],
 )

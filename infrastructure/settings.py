@@ -96,6 +96,12 @@ class Settings(BaseModel):
     aggregate_cache_size: int = Field(default=10000, ge=0)
     source_service: str = "batch-slot-service"
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    # /healthz and /readyz on METRICS_PORT (infrastructure/health/).
+    healthz_max_silence_seconds: float = Field(default=10.0, gt=0, le=3600)
+    readyz_max_lag_events: int = Field(default=10000, ge=0)
+    readyz_probe_timeout_seconds: float = Field(default=2.0, gt=0, le=60)
+    readyz_cache_seconds: float = Field(default=2.0, ge=0, le=60)
+    pending_age_interval_seconds: float = Field(default=60.0, ge=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("database_url")
@@ -231,6 +237,11 @@ _ENV: dict[str, str] = {
     "AGGREGATE_CACHE_SIZE": "aggregate_cache_size",
     "SOURCE_SERVICE": "source_service",
     "METRICS_PORT": "metrics_port",
+    "HEALTHZ_MAX_SILENCE_SECONDS": "healthz_max_silence_seconds",
+    "READYZ_MAX_LAG_EVENTS": "readyz_max_lag_events",
+    "READYZ_PROBE_TIMEOUT_SECONDS": "readyz_probe_timeout_seconds",
+    "READYZ_CACHE_SECONDS": "readyz_cache_seconds",
+    "PENDING_AGE_INTERVAL_SECONDS": "pending_age_interval_seconds",
     "LOG_LEVEL": "log_level",
 }
 _TOPIC_ENV = {

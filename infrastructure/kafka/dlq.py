@@ -30,6 +30,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordListTooLargeError
 
 from infrastructure import metrics
+from infrastructure.logcontext import record_context
 from infrastructure.transient import DependencyDown
 
 log = logging.getLogger("batchslot.dlq")
@@ -109,10 +110,11 @@ async def send_dead_letters(
         remaining, waiting = [], []
         for letter, error in failed:
             if isinstance(error, _TOO_LARGE) and letter.message.value is not None:
-                log.warning(
-                    "dead letter too large; sending it without its value",
-                    extra={"source": _source(letter), "size": len(letter.message.value)},
-                )
+                with record_context(letter.message):
+                    log.warning(
+                        "dead letter too large; sending it without its value",
+                        extra={"source": _source(letter), "size": len(letter.message.value)},
+                    )
                 remaining.append(without_value(letter))  # at once: a smaller request
             else:
                 remaining.append(letter)
@@ -140,7 +142,12 @@ def _source(letter: DeadLetter) -> str:
 
 def _delivered(letter: DeadLetter) -> None:
     metrics.DLQ.labels(letter.reason).inc()
-    log.warning(
-        "dead-lettered",
-        extra={"reason": letter.reason, "detail": letter.detail[:200], "source": _source(letter)},
-    )
+    with record_context(letter.message):  # correlation_id and batch_id, where readable
+        log.warning(
+            "dead-lettered",
+            extra={
+                "reason": letter.reason,
+                "detail": letter.detail[:200],
+                "source": _source(letter),
+            },
+        )

@@ -213,7 +213,9 @@ class Projector:
     def _apply(self, notifications: Sequence[Notification], after: int | None) -> int | None:
         name, mapper = self.service.name, self.service.mapper
         events = [(mapper.to_domain_event(n), Tracking(name, n.id)) for n in notifications]
+        started = time.perf_counter()
         position = self.view.apply(events, after)
+        metrics.PROJECTION_APPLY_SECONDS.observe(time.perf_counter() - started)
         self.applied = position
         return position
 

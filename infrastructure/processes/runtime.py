@@ -19,6 +19,9 @@ from typing import Any, TypeVar
 from application.service import BatchService
 from infrastructure import metrics
 from infrastructure.bootstrap import Bootstrap
+from infrastructure.health.checks import readiness_checks
+from infrastructure.health.metering import report_pending_age
+from infrastructure.health.server import start_health
 from infrastructure.kafka.local_broker import BrokerUnavailable, LocalBroker, answers, first_address
 from infrastructure.postgres import timeouts as pg_timeouts
 from infrastructure.processes.outbox import Outbox
@@ -67,7 +70,7 @@ async def serve(settings: Settings, parts: Parts, stop: asyncio.Event | None = N
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    metrics.serve(settings.metrics_port)
+    health = await start_health(settings, stop)  # /metrics, /healthz, /readyz
     # One container: one service (one connection pool), one Redis client for every part.
     container = Bootstrap(settings, on_conflict=metrics.CONFLICTS.inc)
     if parts.needs_kafka:
@@ -82,6 +85,7 @@ async def serve(settings: Settings, parts: Parts, stop: asyncio.Event | None = N
         if outbox is not None:
             jobs.append(outbox.run(stop))
             jobs.append(_watch_outbox(outbox, service, settings, stop))
+        worker: Worker | None = None
         if parts.worker:
             worker = container.worker()
             jobs.append(worker.run(stop))
@@ -91,10 +95,23 @@ async def serve(settings: Settings, parts: Parts, stop: asyncio.Event | None = N
             index = await asyncio.to_thread(lambda: container.due_index)
             jobs.append(container.due_follower().run(stop))
             jobs.append(run_sweep(service, index, settings.sweep_interval_seconds, stop))
+            jobs.append(report_pending_age(service, settings.pending_age_interval_seconds, stop))
+        projector: Projector | None = None
         if parts.projector:
             projector = container.projector()
             jobs.append(projector.serve(stop))
             jobs.append(_watch_projector_progress(projector, service, settings, stop))
+        health.ready_with(
+            readiness_checks(
+                settings,
+                service,
+                view=view,
+                worker=worker,
+                projector=projector,
+                outbox=outbox,
+                sweep=parts.sweep,
+            )
+        )
         log.info("service started", extra={"parts": vars(parts), "settings": settings.redacted()})
         tasks = [asyncio.create_task(job) for job in jobs]
         try:

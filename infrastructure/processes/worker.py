@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,10 +25,12 @@ from aiokafka.errors import CommitFailedError, IllegalStateError
 from application.messages import InvalidMessage, TopicKind
 from application.service import BatchService, Result
 from infrastructure import metrics
+from infrastructure.health.metering import observe_recorded
 from infrastructure.kafka.clients import KafkaClients
 from infrastructure.kafka.dlq import DLQ_MAX_REQUEST_BYTES, DeadLetter, send_dead_letters
 from infrastructure.kafka.inbound import parse_counted
 from infrastructure.kafka.undecodable import MAX_UNEXPLAINED, is_decode_error, scan_partition
+from infrastructure.logcontext import command_context
 from infrastructure.settings import Settings
 from infrastructure.transient import TRANSIENT, DependencyDown, is_transient, store_writable
 
@@ -112,6 +115,10 @@ class Worker:
             await producer.stop()
             log.info("worker stopped")
 
+    def assigned(self) -> list[TopicPartition] | None:
+        """The consumer's partitions (for /readyz); None until its consumer has started."""
+        return None if self._consumer is None else sorted(self._consumer.assignment())
+
     def lag(self) -> int:
         """Records known to wait on this worker's partitions (from the last fetches)."""
         consumer = self._consumer
@@ -143,7 +150,9 @@ class Worker:
                     dead.append(DeadLetter(message, e.reason, e.detail))
         results = await self._execute(commands, stop)
         for message, result in zip(sources, results, strict=True):
-            self._count(message.topic, result)
+            with command_context(result.command):
+                self._count(message.topic, result)
+            observe_recorded(message, result)
             if result.outcome == "rejected":
                 dead.append(DeadLetter(message, result.reason or "REJECTED", result.detail or ""))
         await send_dead_letters(producer, self.settings.topics.dlq, dead, stop)
@@ -205,19 +214,22 @@ class Worker:
             return [await self._execute_isolated(c, stop) for c in commands]
 
     async def _execute_isolated(self, command: Any, stop: asyncio.Event) -> Result:
-        try:
-            return (await self._execute_retrying([command], stop))[0]
-        except TRANSIENT:
-            raise
-        except Exception as e:
-            log.exception("command failed", extra={"correlation_id": command.correlation_id})
-            return Result(command, "rejected", reason="PROCESSING_ERROR", detail=repr(e)[:300])
+        with command_context(command):  # its retries and failure are logged with its ids
+            try:
+                return (await self._execute_retrying([command], stop))[0]
+            except TRANSIENT:
+                raise
+            except Exception as e:
+                log.exception("command failed", extra={"correlation_id": command.correlation_id})
+                return Result(command, "rejected", reason="PROCESSING_ERROR", detail=repr(e)[:300])
 
     async def _execute_retrying(self, commands: list[Any], stop: asyncio.Event) -> list[Result]:
         delay = 0.1
         while True:
             try:
+                started = time.perf_counter()
                 results = await asyncio.to_thread(self.service.execute, commands)
+                metrics.COMMAND_SECONDS.observe(time.perf_counter() - started)
                 self.retrying = False
                 return results
             except Exception as e:
