@@ -122,11 +122,33 @@ def test_a_clean_history_passes_and_is_counted() -> None:
 
 def test_a_lost_write_is_found() -> None:
     h = history()
-    lost = failure("b1", "b1-x9")  # sent, accepted by the parser, never stored
+    lost = content("b1", "b1-t9", "b1-f9")  # sent, accepted by the parser, never stored
     h = dataclasses.replace(h, sent=[*h.sent, lost])
     report = run(h)
     assert found(report) == {"lost writes": 1}
-    assert "RecordValidationFailure b1" in report.lost_writes[0]
+    assert "ProvisionContent b1" in report.lost_writes[0]
+
+
+def test_a_lost_failure_of_an_open_batch_is_found() -> None:
+    h = history()
+    reg = registration("b2", ["b2-e0", "b2-e1"])
+    lost = failure("b2", "b2-x0")  # b2 stays open: the failure should have been stored
+    stored = decide([*h.sent, reg])
+    h = dataclasses.replace(
+        h, sent=[*h.sent, reg, lost], stored=stored, published=published(stored)
+    )
+    report = run(h)
+    assert found(report) == {"lost writes": 1}
+    assert "RecordValidationFailure b2" in report.lost_writes[0]
+
+
+def test_a_failure_after_its_batch_closed_is_not_a_lost_write() -> None:
+    """CONTRACT §2: after close a new failure changes nothing (it is not stored)."""
+    h = history()
+    late = failure("b1", "b1-x9")  # b1 completed before it arrived
+    h = dataclasses.replace(h, sent=[*h.sent, late])
+    assert decide(h.sent) == h.stored  # the aggregate itself stores nothing for it
+    assert found(run(h)) == {}
 
 
 def test_a_duplicate_effect_is_found() -> None:

@@ -209,11 +209,15 @@ def _check_lost_writes(
                 for e in events
             )
         else:
+            # CONTRACT §2: "After the batch is closed a new failure changes nothing and
+            # does not count": one that arrived after its batch closed (a fault delayed
+            # it past the deadline) is rightly not stored. Whether a closed batch
+            # counted what it needed is the outcome check's business.
             ok = any(
                 e.type == "ValidationFailureRecorded"
                 and e.data["file_upload_id"] == c.file_upload_id
                 for e in events
-            )
+            ) or any(e.type in ("BatchCompleted", "PendingContentExpired") for e in events)
         if not ok:
             r.lost_writes.append(f"{kind} {c.batch_id} {m.value[:40]!r}")
 
