@@ -55,6 +55,11 @@ def _json_bytes(value: object) -> int:
     return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()) + 1
 
 
+def _as_one_part(state: dict[str, Any]) -> None:
+    """Upcast a stored version 1 event: it carried the whole list, as part 1 of 1."""
+    state["part"] = state["parts"] = 1
+
+
 def split_lists(
     lists: Mapping[str, Iterable[Any]], budget: int = PART_LIST_BYTES
 ) -> list[dict[str, list[Any]]]:
@@ -485,9 +490,7 @@ class Batch(Aggregate):
         parts: int
         correlation_id: str
 
-        @staticmethod
-        def upcast_v1_v2(state: dict[str, Any]) -> None:
-            state["part"] = state["parts"] = 1
+        upcast_v1_v2 = staticmethod(_as_one_part)
 
     @event(BatchCompleted)
     def _completed(
@@ -517,9 +520,7 @@ class Batch(Aggregate):
         parts: int
         correlation_id: str
 
-        @staticmethod
-        def upcast_v1_v2(state: dict[str, Any]) -> None:
-            state["part"] = state["parts"] = 1
+        upcast_v1_v2 = staticmethod(_as_one_part)
 
     @event(PendingContentExpired)
     def _pending_expired(

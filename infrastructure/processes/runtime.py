@@ -201,32 +201,52 @@ async def _watch_worker(worker: Worker, settings: Settings, stop: asyncio.Event)
 async def _watch_projector_progress(
     projector: Projector, service: BatchService, settings: Settings, stop: asyncio.Event
 ) -> None:
-    async def probe() -> Reading:
-        head = await _store_head(service)
-        position = projector.applied
-        return Reading(
-            position,
-            head,
-            detail=f"projected up to {position}, store head {head}: waiting on PostgreSQL "
-            "(notifications or a read) or Redis",
-        )
-
-    tracker = StallTracker("projector", settings.stall_timeout_seconds)
-    await watch(tracker, probe, projector.recycle, stop)
+    await _watch_follower(
+        "projector",
+        lambda: projector.applied,
+        "projected",
+        "PostgreSQL (notifications or a read) or Redis",
+        projector.recycle,
+        service,
+        settings,
+        stop,
+    )
 
 
 async def _watch_outbox(
     outbox: Outbox, service: BatchService, settings: Settings, stop: asyncio.Event
 ) -> None:
+    await _watch_follower(
+        "outbox",
+        lambda: outbox.published,
+        "published",
+        "PostgreSQL or a Kafka acknowledgement",
+        outbox.recycle,
+        service,
+        settings,
+        stop,
+    )
+
+
+async def _watch_follower(
+    part: str,
+    position_of: Callable[[], int | None],
+    verb: str,
+    waiting_on: str,
+    recycle: Callable[[], Awaitable[None]],
+    service: BatchService,
+    settings: Settings,
+    stop: asyncio.Event,
+) -> None:
+    """The stall watchdog of a follower of the store: its position against the head."""
+
     async def probe() -> Reading:
         head = await _store_head(service)
-        position = outbox.published
+        position = position_of()
         return Reading(
             position,
             head,
-            detail=f"published up to {position}, store head {head}: waiting on PostgreSQL "
-            "or a Kafka acknowledgement",
+            detail=f"{verb} up to {position}, store head {head}: waiting on {waiting_on}",
         )
 
-    tracker = StallTracker("outbox", settings.stall_timeout_seconds)
-    await watch(tracker, probe, outbox.recycle, stop)
+    await watch(StallTracker(part, settings.stall_timeout_seconds), probe, recycle, stop)
