@@ -14,43 +14,23 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 from uuid import UUID
 
-import psycopg
 from eventsourcing.persistence import Notification, StoredEvent
 from psycopg import sql
 
 from application.service import BatchService
-from infrastructure.postgres.store import connect
+from infrastructure.postgres.store import OwnConnection, connect
 from infrastructure.settings import Settings
 
 PAGE_SIZE = 500
 
 
-class EventStoreReader:
+class EventStoreReader(OwnConnection):
     """Paged queries over the service's events table, on one connection of its own."""
 
     def __init__(self, service: BatchService, settings: Settings) -> None:
+        super().__init__(settings)
         recorder: Any = service.recorder
         self._table = sql.Identifier(recorder.datastore.schema, recorder.events_table_name)
-        self._settings = settings
-        self._conn: psycopg.Connection[Any] | None = None
-
-    def __enter__(self) -> EventStoreReader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-
-    @property
-    def conn(self) -> psycopg.Connection[Any]:
-        if self._conn is None:
-            self._conn = connect(self._settings)
-            self._conn.autocommit = True
-        return self._conn
 
     # ------------------------------------------------------------- counts
 
@@ -118,7 +98,7 @@ class EventStoreReader:
             "SELECT originator_id, originator_version, topic, state FROM {} "
             "ORDER BY originator_id, originator_version"
         ).format(self._table)
-        with connect(self._settings) as conn, conn.cursor(name="batchctl_streams") as cur:
+        with connect(self.settings) as conn, conn.cursor(name="batchctl_streams") as cur:
             cur.itersize = itersize
             cur.execute(query)
             current: list[StoredEvent] = []

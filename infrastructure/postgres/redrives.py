@@ -17,10 +17,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-import psycopg
 from psycopg import sql
 
-from infrastructure.postgres.store import connect
+from infrastructure.postgres.store import OwnConnection
 from infrastructure.settings import Settings
 
 if TYPE_CHECKING:
@@ -64,28 +63,12 @@ _COLUMNS = (
 )
 
 
-class RedriveLog:
+class RedriveLog(OwnConnection):
     """The ``dlq_redrives`` table: which dead letters were sent back, when, by whom, where."""
 
     def __init__(self, settings: Settings) -> None:
-        self.settings = settings
+        super().__init__(settings)
         self.table = sql.Identifier(settings.database_schema, TABLE)
-        self._conn: psycopg.Connection[Any] | None = None
-
-    def __enter__(self) -> RedriveLog:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-
-    @property
-    def conn(self) -> psycopg.Connection[Any]:
-        if self._conn is None:
-            self._conn = connect(self.settings)
-            self._conn.autocommit = True
-        return self._conn
 
     def exists(self) -> bool:
         name = f"{self.settings.database_schema}.{TABLE}"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Self
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import psycopg
@@ -149,3 +149,29 @@ def connect(settings: Settings) -> psycopg.Connection[Any]:
     return BoundedConnection.with_timeout(settings.database_call_deadline_seconds).connect(
         **conninfo(settings), **libpq_bounds(settings)
     )
+
+
+class OwnConnection:
+    """One autocommit connection of its own, opened on first use, closed on exit."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._conn: psycopg.Connection[Any] | None = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    @property
+    def conn(self) -> psycopg.Connection[Any]:
+        if self._conn is None:
+            self._conn = connect(self.settings)
+            self._conn.autocommit = True
+        return self._conn
