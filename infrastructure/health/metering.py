@@ -11,15 +11,14 @@ import contextlib
 import logging
 import platform
 import time
-from datetime import UTC, datetime
+from collections.abc import Callable
+from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from eventsourcing.utils import get_topic
-
-from application.service import BatchService, Result
-from domain import Batch
+from application.service import Result
 from infrastructure import metrics
+from infrastructure.postgres.due_index import DueIndex
 
 log = logging.getLogger("batchslot.metering")
 
@@ -43,50 +42,25 @@ def observe_recorded(record: Any, result: Result) -> None:
 
 # --------------------------------------------------------- pending content age
 
-# The condition of ``EventStoreReader.pending_streams`` (batchctl pending): a stream
-# with content pended and neither registered nor expired; its oldest ContentPended.
-_OLDEST_PENDING = (
-    "SELECT min((convert_from(e.state, 'UTF8')::jsonb #>> '{{timestamp,_data_}}')::timestamptz) "
-    "FROM {table} e WHERE e.topic = %s AND e.originator_id IN ("
-    "SELECT originator_id FROM {table} GROUP BY originator_id "
-    "HAVING NOT bool_or(topic = ANY(%s)))"
-)
 
+def pending_content_age(index: DueIndex, now: datetime) -> float:
+    """Seconds since the oldest content still held for a batch never registered (0: none).
 
-def oldest_pending_at(service: BatchService) -> datetime | None:
-    """When the oldest content still pending registration arrived (None: nothing pending).
-
-    One query on the service's pool: the table has no index on the event type,
-    so it reads the whole events table; PENDING_AGE_INTERVAL_SECONDS paces it.
+    Read from the due-batch index (``batch_due.pending_since``, indexed), which the
+    due-index follower in the same process keeps up to date: one index lookup, not
+    a scan of the events table.
     """
-    recorder: Any = service.recorder
-    table = f'"{recorder.datastore.schema}"."{recorder.events_table_name}"'
-    query = _OLDEST_PENDING.format(table=table)
-    pended = _topic("ContentPended")
-    closing = [_topic("BatchRegistered"), _topic("PendingContentExpired")]
-    with recorder.datastore.transaction(commit=False) as cursor:
-        cursor.execute(query, [pended, closing])
-        row = cursor.fetchone()
-    value = None if row is None else next(iter(row.values()))
-    if not isinstance(value, datetime):
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+    oldest = index.oldest_pending_since()
+    return 0.0 if oldest is None else max(0.0, (now - oldest).total_seconds())
 
 
-def _topic(event_type: str) -> str:
-    return get_topic(vars(Batch)[event_type])
-
-
-def pending_content_age(service: BatchService) -> float:
-    oldest = oldest_pending_at(service)
-    return 0.0 if oldest is None else max(0.0, (service.clock() - oldest).total_seconds())
-
-
-async def report_pending_age(service: BatchService, interval: float, stop: asyncio.Event) -> None:
+async def report_pending_age(
+    index: DueIndex, clock: Callable[[], datetime], interval: float, stop: asyncio.Event
+) -> None:
     """Keep ``batchslot_pending_content_age_seconds`` fresh (interval 0: never)."""
     while interval > 0 and not stop.is_set():
         try:
-            age = await asyncio.to_thread(pending_content_age, service)
+            age = await asyncio.to_thread(lambda: pending_content_age(index, clock()))
             metrics.PENDING_CONTENT_AGE.set(age)
         except Exception as e:  # a gauge must never stop the service
             log.debug("pending age probe failed", extra={"error": repr(e)[:200]})

@@ -78,9 +78,7 @@ class DueIndex(PostgresTrackingRecorder):
         """The last notification id the rows reflect (0: none)."""
         return self.max_tracking_id(self.application_name) or 0
 
-    def apply(
-        self, changes: Sequence[tuple[str, DueChange]], after: int, position: int
-    ) -> None:
+    def apply(self, changes: Sequence[tuple[str, DueChange]], after: int, position: int) -> None:
         """Apply a page's changes (in log order) and move the position from ``after``
         to ``position``, in one transaction; ``IntegrityError`` (nothing written)
         when the position is no longer ``after``: another follower got there first."""
@@ -140,6 +138,17 @@ class DueIndex(PostgresTrackingRecorder):
     ) -> list[str]:
         """Unregistered batches whose oldest pending content is ``ttl_seconds`` old."""
         return self._due("pending_since", now - timedelta(seconds=ttl_seconds), limit)
+
+    def oldest_pending_since(self) -> datetime | None:
+        """The oldest content still held for a batch never registered (None: none).
+
+        One index lookup (``batch_due_pending``), as up to date as the index.
+        """
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(SQL("SELECT min(pending_since) AS oldest FROM {0}").format(self._rows))
+            row = curs.fetchone()
+        oldest = None if row is None else row["oldest"]
+        return oldest if isinstance(oldest, datetime) else None
 
     def entries(self) -> dict[str, DueEntry]:
         """Every row (for tests and checks)."""

@@ -95,7 +95,11 @@ async def serve(settings: Settings, parts: Parts, stop: asyncio.Event | None = N
             index = await asyncio.to_thread(lambda: container.due_index)
             jobs.append(container.due_follower().run(stop))
             jobs.append(run_sweep(service, index, settings.sweep_interval_seconds, stop))
-            jobs.append(report_pending_age(service, settings.pending_age_interval_seconds, stop))
+            jobs.append(
+                report_pending_age(
+                    index, service.clock, settings.pending_age_interval_seconds, stop
+                )
+            )
         projector: Projector | None = None
         if parts.projector:
             projector = container.projector()
