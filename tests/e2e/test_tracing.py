@@ -6,7 +6,8 @@ event. Tracing on (the SDK's in-memory exporter): spans ``consume`` (under the
 inbound span), ``decide`` and ``store`` (under ``consume``), ``project`` and
 ``publish`` (under the context stored with the event, i.e. ``consume``), and the
 outbound header names the ``publish`` span. Tracing off: the inbound
-``traceparent`` passes through unchanged, and none is invented.
+``traceparent`` passes through unchanged, and none is invented. A real
+``batchctl run`` process exports the same trace over OTLP/HTTP.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,6 +31,8 @@ from infrastructure.postgres.store import connect
 from infrastructure.settings import Settings
 from infrastructure.tracing import Tracing
 from tests.e2e.conftest import consume, eventually, running, topic_of
+from tests.e2e.test_health import direct_url, start, stop
+from tests.support.otlp import Collector
 from tests.support.scenario import Message, content, envelope, registration
 
 # Two upstream traces: the registration's and the content's.
@@ -244,3 +248,37 @@ def test_tracing_off_passes_the_inbound_traceparent_through_and_invents_none(
     assert set(stored_traceparents(e2e_settings, "plain")) == {None}
     # The dead letter keeps the original headers, traceparent included.
     assert header(dlq[0], "traceparent") == traceparent(BAD_TRACE, BAD_SPAN)
+
+
+@pytest.mark.timeout(240)
+def test_a_batchctl_run_process_exports_the_whole_trace_over_otlp(
+    e2e_settings: Settings, tmp_path: Path
+) -> None:
+    """The real process, configured only by OTEL_EXPORTER_OTLP_ENDPOINT: one inbound
+    trace id on the outbound header and on every span the collector receives; the
+    spans still buffered at SIGTERM are flushed as the process stops."""
+    inbound = traceparent(REG_TRACE, REG_SPAN)
+    with Collector() as collector:
+        p = start(
+            e2e_settings,
+            tmp_path,
+            direct_url(),
+            OTEL_EXPORTER_OTLP_ENDPOINT=collector.endpoint,
+            OTEL_SERVICE_NAME="slots-under-test",
+        )
+        try:
+            p.wait(lambda: p.readyz()[0] == 200, "/readyz 200")
+            asyncio.run(produce_with(e2e_settings, [(registration("run", ["e1"]), inbound)]))
+            records = asyncio.run(
+                consume(e2e_settings, e2e_settings.topics.events, lambda rs: len(rs) >= 1)
+            )
+        finally:
+            stop(p)
+        assert p.proc.returncode == 0, p.tail()
+        tp = header(records[0], "traceparent")
+        assert tp is not None and ids(tp)[0] == REG_TRACE
+        spans = [s for service, s in collector.spans() if service == "slots-under-test"]
+    in_trace = {s.name for s in spans if s.trace_id.hex() == REG_TRACE}
+    assert {"consume", "decide", "store", "project", "publish"} <= in_trace, in_trace
+    (publish,) = [s for s in spans if s.name == "publish"]
+    assert publish.span_id.hex() == ids(tp)[1]  # the header names the publish span
