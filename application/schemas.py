@@ -218,18 +218,39 @@ def _text(document: dict[str, Any]) -> str:
 
 _KEY = {"type": "string", "description": "batch_id (records of one batch share a partition)"}
 _KAFKA_KEY = {"kafka": {"key": _KEY, "bindingVersion": "0.5.0"}}
+# W3C Trace Context (an addition of this service's, not in the external contract).
+_TRACEPARENT = {
+    "type": "string",
+    "pattern": "^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$",
+    "description": "W3C trace context of the inbound message whose command caused the "
+    "event (with tracing on, of the outbox's publish span in that trace). Absent when "
+    "the cause carried none and tracing is off (README: Tracing).",
+}
+_IN_HEADERS = {
+    "type": "object",
+    "description": "Optional. Other headers are ignored.",
+    "properties": {
+        "traceparent": {
+            **_TRACEPARENT,
+            "description": "W3C trace context: kept with the events the message causes and "
+            "put on their batch.events.v1 records (an invalid one is ignored).",
+        },
+    },
+}
 _OUT_HEADERS = {
     "type": "object",
     "properties": {
         "event_id": {"type": "string", "format": "uuid"},
         "event_type": {"type": "string"},
         "correlation_id": {"type": "string"},
+        "traceparent": _TRACEPARENT,
     },
     "required": ["event_id", "event_type", "correlation_id"],
 }
 _DLQ_HEADERS = {
     "type": "object",
-    "description": "The original record's headers are kept; these are added.",
+    "description": "The original record's headers are kept (with tracing on, its "
+    "traceparent is replaced by the worker's consume span's); these are added.",
     "properties": {
         "dlq.reason": {
             "type": "string",
@@ -267,6 +288,7 @@ def asyncapi_document() -> dict[str, Any]:
             "name": name,
             "title": name,
             "contentType": "application/json",
+            "headers": _IN_HEADERS,
             "payload": {"$ref": inbound_schema_path(kind)},
             "bindings": _KAFKA_KEY,
         }

@@ -20,6 +20,13 @@ become untrue (see ``_settled``); the others, and the sweep's commands
 (timeout, expiry), whose no-ops depend on status, are decided on fresh state.
 Closed batches move to a small cache of their own, so memory follows the open
 batches, not the history.
+
+Trace context (docs/architecture.md, "Trace context"): ``execute`` takes, beside
+each command, the OpenTelemetry context of its cause (or None). Every event a
+command records is stored with that context's W3C ``traceparent`` (metadata
+beside the event in the same append, never a field of the domain event), and,
+when a tracer is given, the command gets a ``decide`` span and a ``store`` span
+under that context.
 """
 
 from __future__ import annotations
@@ -41,6 +48,8 @@ from eventsourcing.application import (
 )
 from eventsourcing.persistence import RecordConflictError, Recording
 from eventsourcing.utils import Environment, EnvType
+from opentelemetry.context import Context
+from opentelemetry.trace import Status, StatusCode, Tracer
 
 from application.commands import (
     AnyCommand,
@@ -50,6 +59,7 @@ from application.commands import (
     RegisterBatch,
     TimeOutBatch,
 )
+from application.tracing import traceparent_of
 from domain import Batch, BatchRejection, ConflictingFileOutcome, StaleSnapshot
 
 Outcome = Literal["recorded", "noop", "rejected"]
@@ -97,8 +107,10 @@ class BatchService(Application[UUID]):
         cache_size: int = 10000,
         closed_cache_size: int | None = None,
         prune_snapshots: Callable[[Any, Sequence[tuple[UUID, int]]], None] | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         super().__init__(env)
+        self.tracer = tracer  # None: no spans (trace contexts are still stored)
         self.prune_snapshots = prune_snapshots
         self.clock = clock
         self.timeout_seconds = timeout_seconds
@@ -149,8 +161,18 @@ class BatchService(Application[UUID]):
     def expire_pending(self, command: ExpirePending) -> Result:
         return self.execute([command])[0]
 
-    def execute(self, commands: Sequence[AnyCommand]) -> list[Result]:
-        """Decide every command; one load per batch, one transaction for the poll."""
+    def execute(
+        self,
+        commands: Sequence[AnyCommand],
+        contexts: Sequence[Context | None] | None = None,
+    ) -> list[Result]:
+        """Decide every command; one load per batch, one transaction for the poll.
+
+        ``contexts[i]``: the trace context of ``commands[i]``'s cause (None: none).
+        """
+        ctxs: Sequence[Context | None] = contexts or [None] * len(commands)
+        if len(ctxs) != len(commands):
+            raise ValueError("one context (or None) per command")
         groups: dict[str, list[int]] = {}
         for index, command in enumerate(commands):
             groups.setdefault(command.batch_id, []).append(index)
@@ -162,7 +184,7 @@ class BatchService(Application[UUID]):
                 group = [commands[i] for i in indexes]
                 batch, cached = self._checkout(batch_id, group)
                 now = self.clock()
-                rs = [self._decide(batch, c, now) for c in group]
+                rs = [self._decide(batch, commands[i], now, ctxs[i]) for i in indexes]
                 decided[batch_id] = (batch, rs)
                 if cached and not all(_settled(batch, r) for r in rs):
                     retry.add(batch_id)
@@ -177,8 +199,12 @@ class BatchService(Application[UUID]):
         ]
         positions: dict[UUID, int] = {}
         if changed:
+            traces = _Traces()
+            for batch_id, (b, rs) in decided.items():
+                if batch_id not in retry:
+                    traces.add(b, rs, [ctxs[i] for i in groups[batch_id]])
             try:
-                positions = _positions(self.save(*changed))
+                positions = _positions(self._store(changed, traces))
             except RecordConflictError:
                 if self.on_conflict is not None:
                     self.on_conflict()
@@ -191,7 +217,9 @@ class BatchService(Application[UUID]):
         for batch_id, indexes in groups.items():
             batch, rs = decided[batch_id]
             if batch_id in retry:
-                rs = self._execute_group(batch_id, [commands[i] for i in indexes])
+                rs = self._execute_group(
+                    batch_id, [commands[i] for i in indexes], [ctxs[i] for i in indexes]
+                )
             else:
                 self._checkin(batch)
                 position = positions.get(batch.id)
@@ -216,17 +244,24 @@ class BatchService(Application[UUID]):
 
     # -------------------------------------------------------------- internals
 
-    def _execute_group(self, batch_id: str, commands: list[AnyCommand]) -> list[Result]:
+    def _execute_group(
+        self, batch_id: str, commands: list[AnyCommand], ctxs: list[Context | None]
+    ) -> list[Result]:
         """One batch on its own (after a conflict in a shared append): load, decide, append."""
         for attempt in range(self.max_attempts):
             batch, _ = self._checkout(batch_id, commands, fresh=True)
             now = self.clock()
-            decided = [self._decide(batch, command, now) for command in commands]
+            decided = [
+                self._decide(batch, command, now, ctx)
+                for command, ctx in zip(commands, ctxs, strict=True)
+            ]
             if not any(r.events for r in decided):
                 self._checkin(batch)
                 return decided
+            traces = _Traces()
+            traces.add(batch, decided, ctxs)
             try:
-                recordings = self.save(batch)
+                recordings = self._store([batch], traces)
             except RecordConflictError:
                 if self.on_conflict is not None:
                     self.on_conflict()
@@ -239,6 +274,43 @@ class BatchService(Application[UUID]):
         raise ConcurrencyExhausted(
             f"batch {batch_id!r}: {self.max_attempts} version conflicts in a row"
         )
+
+    def _store(self, batches: Sequence[Batch], traces: _Traces) -> list[Recording[UUID]]:
+        """Append the batches' new events in one transaction, each with its command's
+        ``traceparent``; a ``store`` span per traced command when a tracer is given."""
+        kwargs = {"traceparents": traces.traceparents} if traces.traceparents else {}
+        if self.tracer is None or not traces.contexts:
+            return self.save(*batches, **kwargs)
+        started = time.time_ns()
+        try:
+            recordings = self.save(*batches, **kwargs)
+        except BaseException as error:
+            self._store_spans(traces, started, len(batches), error)
+            raise
+        self._store_spans(traces, started, len(batches), None)
+        return recordings
+
+    def _store_spans(
+        self, traces: _Traces, started: int, batches: int, error: BaseException | None
+    ) -> None:
+        """One ``store`` span per traced command, each covering the shared append."""
+        assert self.tracer is not None
+        ended = time.time_ns()
+        for ctx in traces.contexts:
+            span = self.tracer.start_span(
+                "store",
+                context=ctx,
+                start_time=started,
+                attributes={
+                    "db.system.name": "postgresql",
+                    "batch_slot.append.events": traces.events,
+                    "batch_slot.append.batches": batches,
+                },
+            )
+            if error is not None:
+                span.record_exception(error)
+                span.set_status(Status(StatusCode.ERROR, type(error).__name__))
+            span.end(end_time=ended)
 
     def save(self, *objs: Any, **kwargs: Any) -> list[Recording[UUID]]:
         """Append, then snapshot each batch whose append reached a multiple of
@@ -285,7 +357,27 @@ class BatchService(Application[UUID]):
             return
         (self._closed if batch.is_closed else self._open).put(batch.batch_id, batch)
 
-    def _decide(self, batch: Batch, command: AnyCommand, now: datetime) -> Result:
+    def _decide(
+        self, batch: Batch, command: AnyCommand, now: datetime, ctx: Context | None = None
+    ) -> Result:
+        if self.tracer is None or ctx is None:
+            return self._decided(batch, command, now)
+        with self.tracer.start_as_current_span(
+            "decide",
+            context=ctx,
+            attributes={
+                "batch_slot.batch_id": command.batch_id,
+                "batch_slot.command": type(command).__name__,
+            },
+        ) as span:
+            result = self._decided(batch, command, now)
+            span.set_attribute("batch_slot.outcome", result.outcome)
+            span.set_attribute("batch_slot.events", result.events)
+            if result.reason is not None:
+                span.set_attribute("batch_slot.reason", result.reason)
+            return result
+
+    def _decided(self, batch: Batch, command: AnyCommand, now: datetime) -> Result:
         before = batch.version
         try:
             self._apply(batch, command, now)
@@ -384,6 +476,30 @@ class _LRU:
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+class _Traces:
+    """The trace contexts of one append: each new event's ``traceparent`` (by stream and
+    version), and the contexts of the commands that recorded events."""
+
+    def __init__(self) -> None:
+        self.traceparents: dict[tuple[UUID, int], str] = {}
+        self.contexts: list[Context] = []
+        self.events = 0
+
+    def add(self, batch: Batch, results: Sequence[Result], ctxs: Sequence[Context | None]) -> None:
+        """``results``: the decisions of ``batch``'s pending events, in order, with
+        their commands' contexts: command i recorded the next ``results[i].events``."""
+        version = batch.version - sum(r.events for r in results)
+        for result, ctx in zip(results, ctxs, strict=True):
+            self.events += result.events
+            if result.events and ctx is not None:
+                traceparent = traceparent_of(ctx)
+                if traceparent is not None:
+                    self.contexts.append(ctx)
+                    for v in range(version + 1, version + 1 + result.events):
+                        self.traceparents[(batch.id, v)] = traceparent
+            version += result.events
 
 
 def _positions(recordings: Sequence[Recording[UUID]]) -> dict[UUID, int]:

@@ -7,7 +7,10 @@ builders of aiokafka clients) are built on first use and kept; the
 long-running processes (``projector()``, ``outbox()``, ``worker()``,
 ``due_follower()``) are built from them. ``close()`` closes what it built, in
 reverse order, and nothing it was given. ``batch_service()`` builds a further,
-separate service (tests use several "instances" at once).
+separate service (tests use several "instances" at once). ``tracing`` (the
+tracer provider, ``infrastructure/tracing.py``) is built first, from the
+settings, and shut down last (its buffered spans flushed); off unless
+configured.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from infrastructure.postgres.snapshots import prune_snapshots
 from infrastructure.postgres.store import ddl_lock, ensure_database, event_store_env
 from infrastructure.redis.view import RedisSlotView
 from infrastructure.settings import Settings, load_settings
+from infrastructure.tracing import Tracing, build_tracing
 
 if TYPE_CHECKING:
     from infrastructure.processes.due_index import DueIndexFollower
@@ -39,11 +43,13 @@ class Bootstrap:
         *,
         service: BatchService | None = None,
         view: RedisSlotView | None = None,
+        tracing: Tracing | None = None,
         **service_options: Any,
     ) -> None:
         self.settings = settings
         self._service = service
         self._view = view
+        self._tracing = tracing
         self._due_index: DueIndex | None = None
         self._service_options = service_options
         self._closers: list[Callable[[], None]] = []
@@ -66,12 +72,27 @@ class Bootstrap:
 
     # ------------------------------------------------------------ builders
 
+    @property
+    def tracing(self) -> Tracing:
+        """The tracer provider the settings ask for (built once; off: no spans)."""
+        if self._tracing is None:
+            tracing = build_tracing(self.settings)
+            self._tracing = tracing
+            self._closers.append(self._forget_tracing)
+        return self._tracing
+
+    def _forget_tracing(self) -> None:
+        tracing, self._tracing = self._tracing, None
+        if tracing is not None:
+            tracing.shutdown()
+
     def event_store_env(self) -> dict[str, str]:
         return event_store_env(self.settings)
 
     def batch_service(self, clock: Callable[[], datetime] = utc_now, **kwargs: Any) -> BatchService:
         """A new service with its own pool (the caller closes it); see ``service``."""
         ensure_database(self.settings)
+        tracer = self.tracing.tracer
         with ddl_lock(self.settings):  # the library creates its tables (CREATE_TABLE=y)
             return BatchService(
                 env=self.event_store_env(),
@@ -81,6 +102,7 @@ class Bootstrap:
                 **{
                     "cache_size": self.settings.aggregate_cache_size,
                     "prune_snapshots": prune_snapshots,
+                    "tracer": tracer,
                     **kwargs,
                 },
             )
@@ -133,17 +155,23 @@ class Bootstrap:
     def projector(self, **options: Any) -> Projector:
         from infrastructure.processes.projector import Projector
 
-        return Projector(self.settings, service=self.service, view=self.view, **options)
+        return Projector(
+            self.settings, service=self.service, view=self.view, tracing=self.tracing, **options
+        )
 
     def outbox(self, **options: Any) -> Outbox:
         from infrastructure.processes.outbox import Outbox
 
-        return Outbox(self.settings, self.service, kafka=self.kafka, **options)
+        return Outbox(
+            self.settings, self.service, kafka=self.kafka, tracing=self.tracing, **options
+        )
 
     def worker(self, **options: Any) -> Worker:
         from infrastructure.processes.worker import Worker
 
-        return Worker(self.settings, self.service, kafka=self.kafka, **options)
+        return Worker(
+            self.settings, self.service, kafka=self.kafka, tracing=self.tracing, **options
+        )
 
     def due_follower(self, **options: Any) -> DueIndexFollower:
         from infrastructure.processes.due_index import DueIndexFollower

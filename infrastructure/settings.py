@@ -103,6 +103,15 @@ class Settings(BaseModel):
     readyz_cache_seconds: float = Field(default=2.0, ge=0, le=60)
     pending_age_interval_seconds: float = Field(default=60.0, ge=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # Tracing (infrastructure/tracing.py), from the standard OTEL_* variables: off
+    # ("none") unless OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_TRACES_EXPORTER asks for it.
+    otel_traces_exporter: Literal["none", "otlp", "console"] = "none"
+    otel_traces_endpoint: str | None = None  # the OTLP/HTTP traces URL (exporter "otlp")
+    otel_service_name: str | None = None  # default: SOURCE_SERVICE
+
+    @property
+    def tracing_enabled(self) -> bool:
+        return self.otel_traces_exporter != "none"
 
     @field_validator("database_url")
     @classmethod
@@ -153,12 +162,16 @@ class Settings(BaseModel):
         data = self.model_dump(mode="json", exclude={"kafka_sasl_password"})
         data["database_url"] = redact_url(self.database_url.get_secret_value())
         data["redis_url"] = redact_url(self.redis_url.get_secret_value())
+        if self.otel_traces_endpoint is not None:
+            data["otel_traces_endpoint"] = redact_url(self.otel_traces_endpoint)
         return data
 
     def secrets(self) -> list[str]:
         """Every password in the settings (every form), longest first: to mask in any text."""
         found = url_passwords(self.database_url.get_secret_value())
         found += url_passwords(self.redis_url.get_secret_value())
+        if self.otel_traces_endpoint is not None:
+            found += url_passwords(self.otel_traces_endpoint)
         if self.kafka_sasl_password is not None and self.kafka_sasl_password.get_secret_value():
             password = self.kafka_sasl_password.get_secret_value()
             found += [password, quote(password, safe="")]
@@ -265,6 +278,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     if topics:
         fields["topics"] = Topics(**topics)
     fields["kafka_bootstrap_explicit"] = bool(env.get("KAFKA_BOOTSTRAP_SERVERS", "").strip())
+    fields.update(_tracing_fields(env))
     try:
         settings = Settings.model_validate(fields)
     except ValidationError as e:
@@ -274,6 +288,55 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         raise SettingsError(f"{var}: {first['msg']}") from None
     _check_kafka_security(settings)
     return settings
+
+
+OTLP_HTTP_DEFAULT = "http://localhost:4318/v1/traces"  # the OTLP/HTTP exporter's default
+_EXPORTERS = ("none", "otlp", "console")
+
+
+def _tracing_fields(env: Mapping[str, str]) -> dict[str, object]:
+    """Tracing from the standard OpenTelemetry variables (the SDK's own meaning).
+
+    On when ``OTEL_TRACES_EXPORTER`` is ``otlp`` or ``console``, or when it is unset
+    and an OTLP endpoint is (``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``, used as it is,
+    or ``OTEL_EXPORTER_OTLP_ENDPOINT``, to which ``/v1/traces`` is added). Off when
+    ``OTEL_SDK_DISABLED=true``. Only OTLP over HTTP (protobuf) is shipped.
+    """
+
+    def get(name: str) -> str:
+        return env.get(name, "").strip()
+
+    exporter = get("OTEL_TRACES_EXPORTER").lower()
+    if exporter not in ("", *_EXPORTERS):
+        raise SettingsError(f"OTEL_TRACES_EXPORTER: {exporter!r} is not one of {_EXPORTERS}")
+    endpoint_var, endpoint = (
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
+    )
+    if not endpoint and get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+        endpoint_var = "OTEL_EXPORTER_OTLP_ENDPOINT"
+        endpoint = get("OTEL_EXPORTER_OTLP_ENDPOINT").rstrip("/") + "/v1/traces"
+    if not exporter:
+        exporter = "otlp" if endpoint else "none"
+    if get("OTEL_SDK_DISABLED").lower() == "true":
+        exporter = "none"
+    fields: dict[str, object] = {"otel_traces_exporter": exporter}
+    if get("OTEL_SERVICE_NAME"):
+        fields["otel_service_name"] = get("OTEL_SERVICE_NAME")
+    if exporter != "otlp":
+        return fields
+    for var in ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"):
+        protocol = get(var)
+        if protocol and protocol != "http/protobuf":
+            raise SettingsError(f"{var}: only http/protobuf is supported, not {protocol!r}")
+        if protocol:
+            break
+    if not endpoint:
+        return {**fields, "otel_traces_endpoint": OTLP_HTTP_DEFAULT}
+    parts = urlsplit(endpoint)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SettingsError(f"{endpoint_var}: must look like http[s]://host:4318")
+    return {**fields, "otel_traces_endpoint": endpoint}
 
 
 def _check_kafka_security(s: Settings) -> None:

@@ -1,7 +1,9 @@
 """The outbound envelope of a stored Batch event (CONTRACT §3, ``batch.events.v1``).
 
-Pure: no I/O, no clock. The same stored event always maps to the same bytes,
-so a republish after a crash is indistinguishable from the first publish.
+Pure: no I/O, no clock. The same stored event always maps to the same key and
+value, so a republish after a crash is indistinguishable from the first
+publish (with tracing on, only its ``traceparent`` header names the new
+``publish`` span).
 
 ``event_id`` is ``uuid5(originator_id, str(originator_version))``: the
 aggregate id (itself a uuid5 of ``batch_id``) is the namespace and the
@@ -119,18 +121,22 @@ def envelope_dict(event: Any, source_service: str) -> dict[str, Any]:
     }
 
 
-def envelope_of(event: Any, source_service: str) -> OutboundMessage:
-    """The Kafka record for a stored Batch event."""
+def envelope_of(event: Any, source_service: str, traceparent: str | None = None) -> OutboundMessage:
+    """The Kafka record for a stored Batch event; ``traceparent``: its W3C trace context
+    header (the one stored with the event, or the outbox's ``publish`` span's), if any."""
     envelope = envelope_dict(event, source_service)
     value = json.dumps(envelope, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    headers = [
+        ("event_id", envelope["event_id"].encode("utf-8")),
+        ("event_type", envelope["event_type"].encode("utf-8")),
+        ("correlation_id", envelope["correlation_id"].encode("utf-8")),
+    ]
+    if traceparent is not None:
+        headers.append(("traceparent", traceparent.encode("ascii")))
     return OutboundMessage(
         key=envelope["data"]["batch_id"].encode("utf-8"),
         value=value,
-        headers=[
-            ("event_id", envelope["event_id"].encode("utf-8")),
-            ("event_type", envelope["event_type"].encode("utf-8")),
-            ("correlation_id", envelope["correlation_id"].encode("utf-8")),
-        ],
+        headers=headers,
         event_id=envelope["event_id"],
         event_type=envelope["event_type"],
     )

@@ -31,6 +31,7 @@ from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordListTooL
 
 from infrastructure import metrics
 from infrastructure.logcontext import record_context
+from infrastructure.tracing import with_traceparent
 from infrastructure.transient import DependencyDown
 
 log = logging.getLogger("batchslot.dlq")
@@ -43,12 +44,15 @@ class DeadLetter:
     message: Any  # aiokafka ConsumerRecord
     reason: str
     detail: str
+    # The W3C trace context to carry instead of the original's (the worker's consume
+    # span, with tracing on); None: the original headers, traceparent included, as they are.
+    traceparent: str | None = None
 
 
 def dlq_headers(letter: DeadLetter) -> list[tuple[str, bytes]]:
     m = letter.message
     return [
-        *list(m.headers or ()),
+        *with_traceparent(list(m.headers or ()), letter.traceparent),
         ("dlq.reason", letter.reason.encode()),
         ("dlq.detail", letter.detail.replace("\n", " ")[:500].encode()),
         ("dlq.source.topic", str(m.topic).encode()),
@@ -69,7 +73,10 @@ def without_value(letter: DeadLetter) -> DeadLetter:
     key = m.key if m.key is None or len(m.key) <= 1024 else None
     headers = (("dlq.value.omitted", b"MESSAGE_TOO_LARGE"), ("dlq.value.size", str(size).encode()))
     return DeadLetter(
-        dataclasses.replace(m, key=key, value=None, headers=headers), letter.reason, letter.detail
+        dataclasses.replace(m, key=key, value=None, headers=headers),
+        letter.reason,
+        letter.detail,
+        letter.traceparent,
     )
 
 

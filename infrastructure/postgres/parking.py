@@ -25,6 +25,8 @@ from eventsourcing.persistence import Notification
 from eventsourcing.postgres import PostgresApplicationRecorder
 from psycopg.sql import SQL, Identifier
 
+from infrastructure.postgres.recorder import TRACEPARENT_COLUMN, TracedNotification
+
 PARKED_TABLE = "outbox_parked"
 
 
@@ -144,19 +146,20 @@ class ParkingLot:
         with self._datastore.transaction(commit=False) as curs:
             curs.execute(
                 SQL(
-                    "SELECT notification_id, originator_id, originator_version, topic, state "
-                    "FROM {0} WHERE notification_id = ANY(%s)"
-                ).format(self._events),
+                    "SELECT notification_id, originator_id, originator_version, topic, state, "
+                    "{1} FROM {0} WHERE notification_id = ANY(%s)"
+                ).format(self._events, Identifier(TRACEPARENT_COLUMN)),
                 (ids,),
             )
             rows: list[Any] = curs.fetchall()
         return {
-            row["notification_id"]: Notification(
+            row["notification_id"]: TracedNotification(
                 id=row["notification_id"],
                 originator_id=row["originator_id"],
                 originator_version=row["originator_version"],
                 topic=row["topic"],
                 state=bytes(row["state"]),
+                traceparent=row[TRACEPARENT_COLUMN],
             )
             for row in rows
         }

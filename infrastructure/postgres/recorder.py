@@ -1,4 +1,4 @@
-"""The event store's append, without psycopg's pipeline mode.
+"""The event store's append, without psycopg's pipeline mode, with each event's trace context.
 
 The library appends in pipeline mode: LOCK TABLE (so notification ids commit
 in order), NOTIFY, and one ``INSERT … SELECT FROM unnest(…) RETURNING`` in a
@@ -10,21 +10,100 @@ waits for the rest of the transaction, holding the table lock: every writer
 stops (seen under two workers with poll-sized appends; cf. psycopg issue
 #685). This recorder sends the same statements in an ordinary transaction,
 where psycopg flushes everything before it waits for a result.
+
+Trace context (docs/architecture.md, "Trace context"): the events table has
+one more, nullable column, ``traceparent`` (added by ``create_table`` to a
+table created by an older release, under the start-up DDL lock). An append
+given ``traceparents={(originator_id, version): traceparent}`` (by
+``BatchService``) stores each event's in the same INSERT; without it the
+library's own statement runs and the column stays NULL. Notifications read
+back are ``TracedNotification``s, which carry it. The stored event (its
+topic and state) and the library's composite type are unchanged.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
+from uuid import UUID
 
-from eventsourcing.persistence import InterfaceError, OperationalError, StoredEvent
-from eventsourcing.postgres import PostgresApplicationRecorder
+from eventsourcing.persistence import (
+    InterfaceError,
+    Notification,
+    OperationalError,
+    StoredEvent,
+)
+from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 from eventsourcing.utils import get_topic, retry
+from psycopg import Cursor
+from psycopg.rows import DictRow
+from psycopg.sql import SQL, Composed, Identifier
 
-__all__ = ["UnpipelinedApplicationRecorder", "recorder_topic"]
+__all__ = [
+    "TRACEPARENT_COLUMN",
+    "TracedNotification",
+    "UnpipelinedApplicationRecorder",
+    "recorder_topic",
+    "traceparent_of_notification",
+]
+
+TRACEPARENT_COLUMN = "traceparent"
+Traceparents = Mapping[tuple[UUID | str, int], str]
+
+
+@dataclass(frozen=True)
+class TracedNotification(Notification):
+    """A notification with the W3C ``traceparent`` stored beside its event (or None)."""
+
+    traceparent: str | None = None
+
+
+def traceparent_of_notification(notification: Notification) -> str | None:
+    if isinstance(notification, TracedNotification):
+        return notification.traceparent
+    return None
 
 
 class UnpipelinedApplicationRecorder(PostgresApplicationRecorder):
+    def __init__(
+        self, datastore: PostgresDatastore, *, events_table_name: str = "stored_events"
+    ) -> None:
+        super().__init__(datastore, events_table_name=events_table_name)
+        schema, table = self.datastore.schema, self.events_table_name
+        # After the library's CREATE TABLE: the column, for tables created before it. The
+        # catalogue is read first, so a start on an up-to-date table takes no table lock.
+        self.sql_create_statements.append(
+            SQL(
+                "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM information_schema.columns "
+                "WHERE table_schema = {s} AND table_name = {t} AND column_name = {c}) "
+                "THEN ALTER TABLE {schema}.{table} ADD COLUMN {column} text; "
+                "END IF; END $$"
+            ).format(
+                s=schema,
+                t=table,
+                c=TRACEPARENT_COLUMN,
+                schema=Identifier(schema),
+                table=Identifier(table),
+                column=Identifier(TRACEPARENT_COLUMN),
+            )
+        )
+        # The library's INSERT, with a parallel array of traceparents: unnest() of two
+        # arrays zips them in order, so RETURNING still lists ids in the events' order.
+        self.insert_traced_events_statement: Composed = SQL(
+            "INSERT INTO {schema}.{table} AS t ("
+            "originator_id, originator_version, topic, state, {column}) "
+            "SELECT originator_id, originator_version, topic, state, {column} "
+            "FROM unnest(%s::{schema}.{stored_event_type}[], %s::text[]) "
+            "AS u(originator_id, originator_version, topic, state, {column}) "
+            "RETURNING notification_id"
+        ).format(
+            schema=Identifier(schema),
+            table=Identifier(table),
+            stored_event_type=Identifier(self.stored_event_type_name),
+            column=Identifier(TRACEPARENT_COLUMN),
+        )
+
     @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
     def insert_events(
         self, stored_events: Sequence[StoredEvent], **kwargs: Any
@@ -43,6 +122,72 @@ class UnpipelinedApplicationRecorder(PostgresApplicationRecorder):
             # Lock the table, NOTIFY, then insert and return the notification ids.
             self._insert_stored_events(curs, stored_events, **kwargs)
             return self._fetch_ids_after_insert_events(curs, stored_events, **kwargs)
+
+    def _insert_stored_events(
+        self,
+        curs: Cursor[DictRow],
+        stored_events: Sequence[StoredEvent],
+        *,
+        traceparents: Traceparents | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if not traceparents:
+            super()._insert_stored_events(curs, stored_events, **kwargs)
+            return
+        self._lock_table(curs)
+        self._notify_channel(curs)
+        events = [
+            self.construct_pg_stored_event(e.originator_id, e.originator_version, e.topic, e.state)
+            for e in stored_events
+        ]
+        contexts = [
+            traceparents.get((e.originator_id, e.originator_version)) for e in stored_events
+        ]
+        curs.execute(self.insert_traced_events_statement, (events, contexts))
+
+    @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
+    def select_notifications(
+        self,
+        start: int | None,
+        limit: int,
+        stop: int | None = None,
+        topics: Sequence[str] = (),
+        *,
+        inclusive_of_start: bool = True,
+    ) -> Sequence[Notification]:
+        """The library's query (``SELECT *`` already reads the column), its rows kept
+        with their ``traceparent``."""
+        statement = SQL("SELECT * FROM {schema}.{table}").format(
+            schema=Identifier(self.datastore.schema), table=Identifier(self.events_table_name)
+        )
+        where: list[Composed | SQL] = []
+        params: list[Any] = []
+        if start is not None:
+            where.append(SQL("notification_id>=%s" if inclusive_of_start else "notification_id>%s"))
+            params.append(start)
+        if stop is not None:
+            where.append(SQL("notification_id<=%s"))
+            params.append(stop)
+        if topics:
+            where.append(SQL("topic = ANY(%s)"))
+            params.append(list(topics))
+        if where:
+            statement += SQL(" WHERE ") + SQL(" AND ").join(where)
+        statement += SQL(" ORDER BY notification_id LIMIT %s")
+        params.append(limit)
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(statement, params, prepare=True)
+            return [
+                TracedNotification(
+                    id=row["notification_id"],
+                    originator_id=row["originator_id"],
+                    originator_version=row["originator_version"],
+                    topic=row["topic"],
+                    state=bytes(row["state"]),
+                    traceparent=row.get(TRACEPARENT_COLUMN),
+                )
+                for row in curs.fetchall()
+            ]
 
 
 def recorder_topic() -> str:

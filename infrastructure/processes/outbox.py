@@ -35,6 +35,11 @@ refused record and every later event of its batch are parked
 and parked events are retried per batch, in order, every
 ``parked_retry_seconds``. Retriable trouble (broker down, timeouts) never
 parks anything: the page is retried, as nothing could be published anyway.
+
+Trace context: each record carries the ``traceparent`` stored with its event
+(the command's cause), or, with tracing on, that of a ``publish`` span made
+under it (ended when the page is done); an event stored without one gets no
+header (tracing off) or a ``publish`` span of a new trace (on).
 """
 
 from __future__ import annotations
@@ -54,16 +59,22 @@ from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from eventsourcing.application import Application
 from eventsourcing.persistence import IntegrityError, Notification, Tracking
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresTrackingRecorder
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
+from application.tracing import context_of, traceparent_of
 from infrastructure import metrics
 from infrastructure.bootstrap import Bootstrap
 from infrastructure.kafka.clients import KafkaClients, producer_kwargs
 from infrastructure.postgres import timeouts as pg_timeouts
 from infrastructure.postgres.listen import Listener
 from infrastructure.postgres.parking import ParkingLot
+from infrastructure.postgres.recorder import traceparent_of_notification
 from infrastructure.postgres.store import ddl_lock
 from infrastructure.processes.follower import follow, run_blocking
 from infrastructure.settings import Settings
+from infrastructure.tracing import Tracing
 from projections.envelope import OutboundMessage, envelope_of
 
 log = logging.getLogger(__name__)
@@ -121,10 +132,12 @@ class Outbox:
         refusal_attempts: int = 3,
         parked_retry_seconds: float = 30.0,
         kafka: KafkaClients | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         if not isinstance(app.recorder, PostgresApplicationRecorder):
             raise TypeError("the outbox needs the PostgreSQL event store")
         self.settings = settings
+        self.tracer = (tracing or Tracing.off()).tracer
         self.kafka = kafka or KafkaClients(settings)
         self.topic = settings.topics.events
         self.page_size = page_size
@@ -191,9 +204,50 @@ class Outbox:
         self._recorded = max(self._recorded, position)
         self._record_lock = asyncio.Lock()  # this page's partitions take turns recording
         parked = await asyncio.to_thread(self.parking.batches)
-        source = self.settings.source_service
-        mapper = self._app.mapper
-        items = [(n.id, envelope_of(mapper.to_domain_event(n), source)) for n in page]
+        spans: list[Span] = []
+        try:
+            await self._publish_page(page, parked, spans)
+        except BaseException as error:
+            for span in spans:
+                span.record_exception(error)
+                span.set_status(Status(StatusCode.ERROR, type(error).__name__))
+            raise
+        finally:
+            for span in spans:
+                span.end()
+        metrics.OUTBOX_PUBLISH_SECONDS.observe(time.perf_counter() - started)
+
+    def _message(self, notification: Notification, spans: list[Span]) -> OutboundMessage:
+        """The record of a stored event, with its trace context (a ``publish`` span's,
+        added to ``spans``, when tracing is on)."""
+        event = self._app.mapper.to_domain_event(notification)
+        traceparent = traceparent_of_notification(notification)
+        if self.tracer is not None:
+            parent = context_of({"traceparent": traceparent}) if traceparent else None
+            span = self.tracer.start_span(
+                "publish",
+                context=parent or Context(),
+                kind=SpanKind.PRODUCER,
+                attributes={
+                    "messaging.system": "kafka",
+                    "messaging.operation.type": "send",
+                    "messaging.destination.name": self.topic,
+                    "batch_slot.event_type": type(event).__name__,
+                    "batch_slot.notification_id": notification.id,
+                },
+            )
+            spans.append(span)
+            traceparent = traceparent_of(trace.set_span_in_context(span, Context()))
+            message = envelope_of(event, self.settings.source_service, traceparent)
+            span.set_attribute("messaging.message.id", message.event_id)
+            span.set_attribute("batch_slot.batch_id", message.key.decode())
+            return message
+        return envelope_of(event, self.settings.source_service, traceparent)
+
+    async def _publish_page(
+        self, page: Sequence[Notification], parked: set[str], spans: list[Span]
+    ) -> None:
+        items = [(n.id, self._message(n, spans)) for n in page]
         progress = _Progress([nid for nid, _ in items])
         held = [(nid, m) for nid, m in items if m.key.decode() in parked]
         if held:  # later events of a batch with parked events wait behind them
@@ -208,7 +262,6 @@ class Outbox:
             raise
         self._refusals = 0
         await self._checkpoint(progress, final=True)
-        metrics.OUTBOX_PUBLISH_SECONDS.observe(time.perf_counter() - started)
 
     def _record(self, notification_id: int) -> None:
         with contextlib.suppress(IntegrityError):  # another instance recorded beyond it
@@ -352,7 +405,11 @@ class Outbox:
                 continue
             notification: Notification | None = stored.get(p.notification_id)
             if notification is not None:  # (a store restored from an older backup lacks it)
-                m = envelope_of(mapper.to_domain_event(notification), source)
+                m = envelope_of(
+                    mapper.to_domain_event(notification),
+                    source,
+                    traceparent_of_notification(notification),
+                )
                 try:
                     await self._send_one(
                         producer, self._partitioner(m.key, partitions, partitions), m

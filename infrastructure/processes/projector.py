@@ -14,6 +14,10 @@ backup) cannot be repaired by a replay: the read model holds events the store
 no longer has. The projector checks for it when it (re)starts following the
 store and every ``ahead_check_seconds`` while idle, logs it and runs a
 drop-and-replace rebuild (``infrastructure/redis/rebuild.py``).
+
+With tracing on, every event stored with a ``traceparent`` gets a ``project``
+span under it, covering the page's write to Redis (a replay continues the
+traces of the events it re-applies; an event without one starts no trace).
 """
 
 from __future__ import annotations
@@ -25,16 +29,20 @@ import time
 from collections.abc import Sequence
 
 from eventsourcing.persistence import Notification, Tracking
+from opentelemetry.trace import Span, Status, StatusCode
 
 from application.service import BatchService
+from application.tracing import context_of
 from infrastructure import metrics
 from infrastructure.bootstrap import Bootstrap
 from infrastructure.postgres import timeouts as pg_timeouts
 from infrastructure.postgres.listen import Listener
+from infrastructure.postgres.recorder import traceparent_of_notification
 from infrastructure.processes.follower import follow, run_blocking
 from infrastructure.redis.rebuild import RebuildSummary, rebuild
 from infrastructure.redis.view import PositionLost, RedisSlotView
 from infrastructure.settings import Settings
+from infrastructure.tracing import Tracing
 from infrastructure.transient import TRANSIENT
 from projections.slot_view import VersionGap
 
@@ -62,12 +70,14 @@ class Projector:
         page_size: int = 500,
         watchdog_seconds: float = 0.5,
         ahead_check_seconds: float = 5.0,
+        tracing: Tracing | None = None,
     ) -> None:
         self.settings = settings
         self.ahead_check_seconds = ahead_check_seconds
         self.rebuilds = 0  # times the read model was ahead of the store and rebuilt
         # Given objects are the caller's; missing ones come from (and go with) a container.
-        self._container = Bootstrap(settings, service=service, view=view)
+        self._container = Bootstrap(settings, service=service, view=view, tracing=tracing)
+        self.tracer = self._container.tracing.tracer
         self.service = self._container.service
         self.view = self._container.view
         self.page_size, self.watchdog_seconds = page_size, watchdog_seconds
@@ -152,9 +162,7 @@ class Projector:
                 rebuild, self.settings, service=self.service, view=self.view
             )
             self.rebuilds, self._restore, self._restart = self.rebuilds + 1, False, True
-            log.warning(
-                "slot view rebuilt: %d events, %d batches", summary.events, summary.batches
-            )
+            log.warning("slot view rebuilt: %d events, %d batches", summary.events, summary.batches)
         if self._restart:
             position = None if self._from_zero else await asyncio.to_thread(self.view.position)
             await asyncio.to_thread(self._check_ahead, position)
@@ -213,11 +221,42 @@ class Projector:
     def _apply(self, notifications: Sequence[Notification], after: int | None) -> int | None:
         name, mapper = self.service.name, self.service.mapper
         events = [(mapper.to_domain_event(n), Tracking(name, n.id)) for n in notifications]
+        spans = self._spans(notifications) if self.tracer is not None else []
         started = time.perf_counter()
-        position = self.view.apply(events, after)
+        try:
+            position = self.view.apply(events, after)
+        except BaseException as error:
+            for span in spans:
+                span.record_exception(error)
+                span.set_status(Status(StatusCode.ERROR, type(error).__name__))
+            raise
+        finally:
+            for span in spans:
+                span.end()
         metrics.PROJECTION_APPLY_SECONDS.observe(time.perf_counter() - started)
         self.applied = position
         return position
+
+    def _spans(self, notifications: Sequence[Notification]) -> list[Span]:
+        """A ``project`` span for each event stored with a trace context."""
+        assert self.tracer is not None
+        spans = []
+        for n in notifications:
+            traceparent = traceparent_of_notification(n)
+            parent = context_of({"traceparent": traceparent}) if traceparent else None
+            if parent is not None:
+                spans.append(
+                    self.tracer.start_span(
+                        "project",
+                        context=parent,
+                        attributes={
+                            "db.system.name": "redis",
+                            "batch_slot.notification_id": n.id,
+                            "batch_slot.page.events": len(notifications),
+                        },
+                    )
+                )
+        return spans
 
 
 def run_projector(settings: Settings, stop: threading.Event) -> None:

@@ -9,6 +9,11 @@ read-only store, a full disk; too many version conflicts; see
 DLQ; nothing is committed until the poll's commands are durably recorded or
 known to be no-ops. Any other exception is blamed on a message
 (``PROCESSING_ERROR``) only if the store answers a write-capable probe.
+
+Trace context: each message's W3C ``traceparent`` header (if valid) is the
+context of its command, stored with the events it causes. With tracing on,
+each message gets a ``consume`` span under it (ended once the poll is
+committed), and that span is the context stored and put on its dead letter.
 """
 
 from __future__ import annotations
@@ -16,14 +21,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from application.messages import InvalidMessage, TopicKind
 from application.service import BatchService, Result
+from application.tracing import traceparent_of
 from infrastructure import metrics
 from infrastructure.health.metering import observe_recorded
 from infrastructure.kafka.clients import KafkaClients
@@ -32,6 +42,7 @@ from infrastructure.kafka.inbound import parse_counted
 from infrastructure.kafka.undecodable import MAX_UNEXPLAINED, is_decode_error, scan_partition
 from infrastructure.logcontext import command_context
 from infrastructure.settings import Settings
+from infrastructure.tracing import Tracing, context_from_headers
 from infrastructure.transient import TRANSIENT, DependencyDown, is_transient, store_writable
 
 log = logging.getLogger("batchslot.worker")
@@ -65,9 +76,11 @@ class Worker:
         max_records: int = 1000,
         *,
         kafka: KafkaClients | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.settings = settings
         self.service = service
+        self.tracer = (tracing or Tracing.off()).tracer
         self.kafka = kafka or KafkaClients(settings)
         self.max_records = max_records
         self.kind_of: dict[str, TopicKind] = {
@@ -139,27 +152,71 @@ class Worker:
         stop: asyncio.Event,
     ) -> PollOutcome:
         self.in_hand = sum(len(ms) for ms in records.values())
-        commands, sources, dead = [], [], []
-        for tp, messages in records.items():
-            for message in messages:
-                try:
-                    commands.append(parse_counted(self.kind_of[tp.topic], tp.topic, message.value))
-                    sources.append(message)
-                except InvalidMessage as e:
-                    metrics.MESSAGES.labels(tp.topic, "invalid").inc()
-                    dead.append(DeadLetter(message, e.reason, e.detail))
-        results = await self._execute(commands, stop)
-        for message, result in zip(sources, results, strict=True):
-            with command_context(result.command):
-                self._count(message.topic, result)
-            observe_recorded(message, result)
-            if result.outcome == "rejected":
-                dead.append(DeadLetter(message, result.reason or "REJECTED", result.detail or ""))
-        await send_dead_letters(producer, self.settings.topics.dlq, dead, stop)
-        await self._commit(consumer, records)
+        commands, sources, contexts, dead = [], [], [], []
+        spans: list[Span] = []
+        try:
+            for tp, messages in records.items():
+                for message in messages:
+                    ctx, span = self._consume_context(message)
+                    if span is not None:
+                        spans.append(span)
+                    try:
+                        command = parse_counted(self.kind_of[tp.topic], tp.topic, message.value)
+                    except InvalidMessage as e:
+                        metrics.MESSAGES.labels(tp.topic, "invalid").inc()
+                        _dead_lettered(span, e.reason)
+                        dead.append(DeadLetter(message, e.reason, e.detail, _tp(span, ctx)))
+                        continue
+                    if span is not None:
+                        span.set_attribute("batch_slot.batch_id", command.batch_id)
+                        span.set_attribute("batch_slot.correlation_id", command.correlation_id)
+                    commands.append(command)
+                    sources.append((message, span))
+                    contexts.append(ctx)
+            results = await self._execute(commands, contexts, stop)
+            for (message, span), result, ctx in zip(sources, results, contexts, strict=True):
+                with command_context(result.command):
+                    self._count(message.topic, result)
+                observe_recorded(message, result)
+                if span is not None:
+                    span.set_attribute("batch_slot.outcome", result.outcome)
+                if result.outcome == "rejected":
+                    reason = result.reason or "REJECTED"
+                    _dead_lettered(span, reason)
+                    dead.append(DeadLetter(message, reason, result.detail or "", _tp(span, ctx)))
+            await send_dead_letters(producer, self.settings.topics.dlq, dead, stop)
+            await self._commit(consumer, records)
+        except BaseException as error:
+            for span in spans:
+                span.record_exception(error)
+                span.set_status(Status(StatusCode.ERROR, type(error).__name__))
+            raise
+        finally:
+            for span in spans:
+                span.end()
         self.handled, self.in_hand = self.handled + self.in_hand, 0
         self._next.update({tp: ms[-1].offset + 1 for tp, ms in records.items() if ms})
         return PollOutcome(len(commands), len(dead))
+
+    def _consume_context(self, message: Any) -> tuple[Context | None, Span | None]:
+        """The context of a message's command: its inbound trace context (tracing off),
+        or a new ``consume`` span under it (tracing on)."""
+        inbound = context_from_headers(message.headers)
+        if self.tracer is None:
+            return inbound, None
+        span = self.tracer.start_span(
+            "consume",
+            context=inbound or Context(),
+            kind=SpanKind.CONSUMER,
+            attributes={
+                "messaging.system": "kafka",
+                "messaging.operation.type": "process",
+                "messaging.destination.name": message.topic,
+                "messaging.destination.partition.id": str(message.partition),
+                "messaging.kafka.offset": message.offset,
+            },
+        )
+        return trace.set_span_in_context(span, Context()), span
 
     async def _skip_undecodable(
         self,
@@ -201,9 +258,11 @@ class Worker:
             raise error
         await asyncio.sleep(1.0)
 
-    async def _execute(self, commands: list[Any], stop: asyncio.Event) -> list[Result]:
+    async def _execute(
+        self, commands: list[Any], contexts: list[Context | None], stop: asyncio.Event
+    ) -> list[Result]:
         try:
-            return await self._execute_retrying(commands, stop)
+            return await self._execute_retrying(commands, contexts, stop)
         except TRANSIENT:
             raise
         except Exception:
@@ -211,24 +270,31 @@ class Worker:
             # partition forever. Decide one by one to find it; it alone is
             # dead-lettered (kept for a replay after a fix), the rest proceed.
             log.exception("poll failed; isolating the failing command")
-            return [await self._execute_isolated(c, stop) for c in commands]
+            return [
+                await self._execute_isolated(c, ctx, stop)
+                for c, ctx in zip(commands, contexts, strict=True)
+            ]
 
-    async def _execute_isolated(self, command: Any, stop: asyncio.Event) -> Result:
+    async def _execute_isolated(
+        self, command: Any, ctx: Context | None, stop: asyncio.Event
+    ) -> Result:
         with command_context(command):  # its retries and failure are logged with its ids
             try:
-                return (await self._execute_retrying([command], stop))[0]
+                return (await self._execute_retrying([command], [ctx], stop))[0]
             except TRANSIENT:
                 raise
             except Exception as e:
                 log.exception("command failed", extra={"correlation_id": command.correlation_id})
                 return Result(command, "rejected", reason="PROCESSING_ERROR", detail=repr(e)[:300])
 
-    async def _execute_retrying(self, commands: list[Any], stop: asyncio.Event) -> list[Result]:
+    async def _execute_retrying(
+        self, commands: list[Any], contexts: Sequence[Context | None], stop: asyncio.Event
+    ) -> list[Result]:
         delay = 0.1
         while True:
             try:
                 started = time.perf_counter()
-                results = await asyncio.to_thread(self.service.execute, commands)
+                results = await asyncio.to_thread(self.service.execute, commands, contexts)
                 metrics.COMMAND_SECONDS.observe(time.perf_counter() - started)
                 self.retrying = False
                 return results
@@ -268,3 +334,15 @@ class Worker:
                 "reason": result.reason,
             },
         )
+
+
+def _dead_lettered(span: Span | None, reason: str) -> None:
+    if span is not None:
+        span.set_attribute("batch_slot.dlq.reason", reason)
+        span.set_status(Status(StatusCode.ERROR, reason))
+
+
+def _tp(span: Span | None, ctx: Context | None) -> str | None:
+    """The traceparent a dead letter carries: its ``consume`` span's (tracing on);
+    None off (the letter keeps the original headers, and so the inbound one)."""
+    return traceparent_of(ctx) if span is not None else None

@@ -83,10 +83,10 @@ class Bug:
         self.active = True
         execute = service.execute
 
-        def buggy(commands: Any) -> Any:
+        def buggy(commands: Any, contexts: Any = None) -> Any:
             if self.active and any(c.batch_id == batch_id for c in commands):
                 raise RuntimeError(f"bug #123 on {batch_id}")
-            return execute(commands)
+            return execute(commands, contexts)
 
         service.execute = buggy  # type: ignore[method-assign]
 
