@@ -16,7 +16,6 @@ from typing import Any
 
 import psycopg
 import pytest
-import redis
 
 from application.commands import (
     ProvisionContent,
@@ -25,8 +24,10 @@ from application.commands import (
 )
 from application.service import BatchService
 from domain import Batch
+from infrastructure.bootstrap import Bootstrap
 from infrastructure.postgres.store import conninfo
 from infrastructure.processes.projector import rebuild
+from infrastructure.redis.client import connect
 from infrastructure.settings import Settings
 from tests.conftest import drop_redis_prefix, drop_schema, make_settings
 
@@ -353,12 +354,24 @@ def test_import_checks_the_whole_file_before_writing(
 # ---------------------------------------------------------- verify / rebuild
 
 
-def test_verify_catches_a_corrupted_read_model_and_rebuild_repairs_it(seeded: Settings) -> None:
+@pytest.fixture
+def seeded_either(read_model_settings: Settings) -> Settings:
+    """``seeded``, once on the single Redis and once on the Redis Cluster."""
+    with Bootstrap(read_model_settings) as built:
+        seed(built.service)
+    rebuild(read_model_settings)
+    return read_model_settings
+
+
+def test_verify_catches_a_corrupted_read_model_and_rebuild_repairs_it(
+    seeded_either: Settings,
+) -> None:
+    seeded = seeded_either
     ok = batchctl(seeded, "verify")
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "agrees" in ok.stdout
 
-    client = redis.Redis.from_url(seeded.redis_url.get_secret_value(), decode_responses=True)
+    client = connect(seeded)  # on a cluster, each batch's keys live on their own node
     p = seeded.redis_key_prefix
     client.hset(f"{p}batch:{{b1}}:summary", "assigned", "99")
     client.srem(f"{p}batch:{{b2}}:available_slots", "x2")
