@@ -50,6 +50,7 @@ TOPOLOGY_CHANGED = (
     redis.exceptions.SlotNotCoveredError,
 )
 
+REPLICAS_CHECK_SECONDS = 5.0  # how long a primary's "has a replica" answer is trusted
 Call = tuple[Script, list[str], list[Any]]  # a script, its keys (one hash tag), its arguments
 
 
@@ -76,6 +77,7 @@ class RedisSlotView(TrackingRecorder):
         self._swap = client.register_script(lua.SWAP)
         self._drop = client.register_script(lua.DROP)
         self._unreplicated_logged = 0.0
+        self._replica_counts: dict[str, tuple[float, int]] = {}  # primary -> (checked, 0|1)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RedisSlotView:
@@ -269,9 +271,22 @@ class RedisSlotView(TrackingRecorder):
             primary = nodes[0]
             if primary.name not in groups:
                 client = cluster.get_redis_connection(primary)
-                groups[primary.name] = (client, min(1, len(nodes) - 1), [])
+                groups[primary.name] = (client, self._replicas(primary.name, client), [])
             groups[primary.name][2].append(i)
         return list(groups.values())
+
+    def _replicas(self, name: str, client: redis.Redis) -> int:
+        """1 when the primary has a replica connected (asked at most every
+        REPLICAS_CHECK_SECONDS), else 0: nothing to wait for. Asked of the primary,
+        not read from the client's slot map, which leaves out a replica that has
+        not reported an offset yet and is only refreshed after an error."""
+        now = time.monotonic()
+        checked = self._replica_counts.get(name)
+        if checked is None or now - checked[0] >= REPLICAS_CHECK_SECONDS:
+            info = client.info("replication")
+            checked = (now, min(1, int(info.get("connected_slaves", 0))))
+            self._replica_counts[name] = checked
+        return checked[1]
 
     def _unreplicated(self, client: redis.Redis) -> None:
         """No replica acknowledged in time (it is down or resyncing): the writes stay
