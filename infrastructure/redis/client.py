@@ -13,6 +13,7 @@ from typing import Any
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.cluster import ClusterNode, RedisCluster
+from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
 from infrastructure.settings import Settings, redis_cluster_startup
@@ -38,12 +39,18 @@ def connect(settings: Settings, **options: Any) -> Client:
     }
     if settings.redis_cluster_mode:
         plain, nodes = redis_cluster_startup(url)
-        return RedisCluster.from_url(
-            plain,
-            startup_nodes=[ClusterNode(h, p) for h, p in nodes[1:]],  # type: ignore[no-untyped-call]
-            socket_keepalive=True,
-            **bounds,
-        )
+        try:
+            return RedisCluster.from_url(
+                plain,
+                startup_nodes=[ClusterNode(h, p) for h, p in nodes[1:]],  # type: ignore[no-untyped-call]
+                socket_keepalive=True,
+                **bounds,
+            )
+        except RedisClusterException as e:
+            # The client reads the topology when built: no node answered (or the
+            # cluster does not cover every slot yet). A passing failure, as for one
+            # server's refused connection (infrastructure/transient.py).
+            raise redis.ConnectionError(str(e)) from e
     tcp = {"socket_keepalive": True} if not url.startswith("unix:") else {}
     return redis.Redis.from_url(
         url,

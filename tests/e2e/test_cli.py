@@ -174,8 +174,10 @@ def test_unreachable_postgres_is_one_line_naming_database_url(test_settings: Set
     assert "s3cret-pw" not in line
 
 
-def test_unreachable_redis_is_one_line_naming_redis_url(seeded: Settings) -> None:
-    url = "redis://:hidden-pw@127.0.0.1:1/0"
+@pytest.mark.parametrize(
+    "url", ["redis://:hidden-pw@127.0.0.1:1/0", "redis+cluster://:hidden-pw@127.0.0.1:1/0"]
+)
+def test_unreachable_redis_is_one_line_naming_redis_url(seeded: Settings, url: str) -> None:
     line = one_line_error(batchctl(seeded, "status", "b1", REDIS_URL=url))
     assert "REDIS_URL" in line and "Redis" in line
     assert "hidden-pw" not in line
