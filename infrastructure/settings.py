@@ -19,6 +19,9 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_KAFKA = "127.0.0.1:9092"
 
 
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+
+
 class SettingsError(ValueError):
     """A setting is missing or invalid; the message names the variable."""
 
@@ -70,6 +73,8 @@ class Settings(BaseModel):
     redis_socket_timeout_seconds: float = Field(default=5.0, gt=0, le=600)
     redis_connect_timeout_seconds: float = Field(default=5.0, gt=0, le=600)
     redis_health_check_interval_seconds: int = Field(default=10, ge=0, le=3600)
+    # A Redis Cluster (also chosen by a redis+cluster:// URL); see infrastructure/redis/client.py.
+    redis_cluster: bool = False
     kafka_bootstrap_servers: str = DEFAULT_KAFKA
     kafka_bootstrap_explicit: bool = False
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
@@ -126,9 +131,23 @@ class Settings(BaseModel):
     @field_validator("redis_url")
     @classmethod
     def _redis_url(cls, v: SecretStr) -> SecretStr:
-        if urlsplit(v.get_secret_value()).scheme not in ("redis", "rediss", "unix"):
-            raise ValueError("must look like redis://[user:password@]host:6379/0")
+        url = v.get_secret_value()
+        scheme = urlsplit(url).scheme
+        if scheme in CLUSTER_SCHEMES:
+            redis_cluster_startup(url)  # raises ValueError naming the bad host
+        elif scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(
+                "must look like redis://[user:password@]host:6379/0 or, for a Redis "
+                "Cluster, redis+cluster://[user:password@]host1:6379,host2:6379/0"
+            )
         return v
+
+    @property
+    def redis_cluster_mode(self) -> bool:
+        """A Redis Cluster: REDIS_CLUSTER=true or a redis+cluster:// URL."""
+        return self.redis_cluster or urlsplit(self.redis_url.get_secret_value()).scheme in (
+            CLUSTER_SCHEMES
+        )
 
     @property
     def database_call_deadline_seconds(self) -> float:
@@ -201,6 +220,31 @@ def redact_url(url: str) -> str:
     return url
 
 
+def redis_cluster_startup(url: str) -> tuple[str, list[tuple[str, int]]]:
+    """A Redis Cluster URL as redis-py takes it (plain scheme, the first host) and every
+    start-up node it names (``redis+cluster://[user:pw@]h1:6379,h2:6379/0``; a plain
+    ``redis://host:port/0`` with REDIS_CLUSTER=true names one). ValueError if malformed."""
+    parts = urlsplit(url)
+    scheme = CLUSTER_SCHEMES.get(parts.scheme, parts.scheme)
+    if scheme not in ("redis", "rediss"):
+        raise ValueError("a Redis Cluster is reached over TCP: redis+cluster://host:6379/0")
+    if parts.path.strip("/") not in ("", "0"):
+        raise ValueError("a Redis Cluster has only database 0: end the URL with /0")
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    nodes: list[tuple[str, int]] = []
+    for entry in hosts.split(","):
+        host, sep, port = entry.strip().rpartition(":")
+        if not sep and entry.strip():
+            host, port = entry.strip(), "6379"
+        if not host.strip("[]") or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{entry.strip()!r} is not host:port; use host1:6379,host2:6379")
+        nodes.append((host.strip("[]"), int(port)))
+    first = f"{nodes[0][0]}:{nodes[0][1]}"
+    netloc = f"{userinfo}@{first}" if userinfo else first
+    query = f"?{parts.query}" if parts.query else ""
+    return f"{scheme}://{netloc}/0{query}", nodes
+
+
 def url_passwords(url: str) -> list[str]:
     """Every password a URL carries, as written and decoded (to mask them in any text)."""
     parts = urlsplit(url)
@@ -229,6 +273,7 @@ _ENV: dict[str, str] = {
     "REDIS_SOCKET_TIMEOUT_SECONDS": "redis_socket_timeout_seconds",
     "REDIS_CONNECT_TIMEOUT_SECONDS": "redis_connect_timeout_seconds",
     "REDIS_HEALTH_CHECK_INTERVAL_SECONDS": "redis_health_check_interval_seconds",
+    "REDIS_CLUSTER": "redis_cluster",
     "KAFKA_BOOTSTRAP_SERVERS": "kafka_bootstrap_servers",
     "KAFKA_SECURITY_PROTOCOL": "kafka_security_protocol",
     "KAFKA_SASL_MECHANISM": "kafka_sasl_mechanism",
@@ -287,6 +332,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         var = next((k for k, f in _ENV.items() if f == field), field.upper())
         raise SettingsError(f"{var}: {first['msg']}") from None
     _check_kafka_security(settings)
+    _check_redis_cluster(settings)
     return settings
 
 
@@ -337,6 +383,16 @@ def _tracing_fields(env: Mapping[str, str]) -> dict[str, object]:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise SettingsError(f"{endpoint_var}: must look like http[s]://host:4318")
     return {**fields, "otel_traces_endpoint": endpoint}
+
+
+def _check_redis_cluster(s: Settings) -> None:
+    """REDIS_CLUSTER=true needs a URL a cluster client can start from."""
+    if not s.redis_cluster:
+        return
+    try:
+        redis_cluster_startup(s.redis_url.get_secret_value())
+    except ValueError as e:
+        raise SettingsError(f"REDIS_URL: with REDIS_CLUSTER=true, {e}") from None
 
 
 def _check_kafka_security(s: Settings) -> None:

@@ -48,6 +48,11 @@ TRANSIENT: tuple[type[BaseException], ...] = (
     redis.ConnectionError,
     redis.TimeoutError,
     redis.exceptions.ReadOnlyError,  # a replica after a failover
+    # Redis Cluster: a slot moving, a primary failing over, the cluster down meanwhile.
+    redis.exceptions.AskError,  # and MovedError
+    redis.exceptions.TryAgainError,
+    redis.exceptions.ClusterError,  # ClusterDownError, MasterDownError
+    redis.exceptions.SlotNotCoveredError,
     # Kafka (every aiokafka error is about the broker or the connection).
     KafkaError,
     # Ours and the OS's.

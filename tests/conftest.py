@@ -1,8 +1,10 @@
 """Shared fixtures: real PostgreSQL, Redis and a real Kafka-protocol broker.
 
 Every test gets its own PostgreSQL schema and Redis key prefix, so tests (and
-parallel runs) never see each other's data. Hypothesis profiles: ``ci`` (the
-default under CI=true) and ``local``; choose with HYPOTHESIS_PROFILE.
+parallel runs) never see each other's data. The read-model tests run twice: on
+the single Redis and on a local Redis Cluster (``read_model_settings``).
+Hypothesis profiles: ``ci`` (the default under CI=true) and ``local``; choose
+with HYPOTHESIS_PROFILE.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from application.service import BatchService
 from infrastructure.bootstrap import Bootstrap
 from infrastructure.kafka.local_broker import LocalBroker
 from infrastructure.settings import Settings
+from tests.support.redis_cluster import LocalRedisCluster
 from tests.support.scratch import drop_redis_prefix, drop_schema, new_tag, scratch_settings
 
 __all__ = ["drop_redis_prefix", "drop_schema"]  # re-exported for the tests
@@ -49,6 +52,29 @@ def make_settings(**extra: str) -> Settings:
 @pytest.fixture
 def test_settings() -> Iterator[Settings]:
     s = make_settings()
+    yield s
+    drop_schema(s)
+    drop_redis_prefix(s)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[LocalRedisCluster]:
+    """A real Redis Cluster (3 primaries, 3 replicas) on free loopback ports, started
+    on first use and removed at the end of the session (tests/support/redis_cluster.py)."""
+    cluster = LocalRedisCluster().start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(params=["single", "cluster"])
+def read_model_settings(request: pytest.FixtureRequest) -> Iterator[Settings]:
+    """Settings for one test, once on the single Redis and once on the Redis Cluster:
+    the read-model tests take ``test_settings`` from here (``test_settings = ...``)."""
+    if request.param == "cluster":
+        cluster: LocalRedisCluster = request.getfixturevalue("redis_cluster")
+        s = make_settings(REDIS_URL=cluster.url)
+    else:
+        s = make_settings()
     yield s
     drop_schema(s)
     drop_redis_prefix(s)

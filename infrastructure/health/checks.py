@@ -27,6 +27,7 @@ from infrastructure.health.server import Check, CheckFn, Probe
 from infrastructure.kafka.clients import client_kwargs
 from infrastructure.postgres.store import conninfo
 from infrastructure.postgres.timeouts import libpq_bounds
+from infrastructure.redis.client import node_clients
 from infrastructure.settings import Settings
 
 
@@ -47,9 +48,13 @@ def postgres_probe(settings: Settings) -> Callable[[], str]:
 
 
 def redis_probe(client: Any) -> Callable[[], str]:
+    """PING the server, or every primary of a Redis Cluster (each holds part of the model)."""
+
     def probe() -> str:
-        client.ping()
-        return "answered PING"
+        servers = node_clients(client)
+        for server in servers:
+            server.ping()
+        return "answered PING" if len(servers) == 1 else f"{len(servers)} primaries answered PING"
 
     return probe
 

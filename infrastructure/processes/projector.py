@@ -141,7 +141,7 @@ class Projector:
         """The stall watchdog's lever: free calls blocked on a silent connection and
         reopen the LISTEN connection; the loop then reads with fresh connections."""
         pg_timeouts.recycle()
-        self.view.client.connection_pool.disconnect(inuse_connections=True)
+        self.view.disconnect()
         if self._listener is not None:
             await self._listener.close()
 

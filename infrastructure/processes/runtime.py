@@ -79,7 +79,10 @@ async def serve(settings: Settings, parts: Parts, stop: asyncio.Event | None = N
         service = await _when_available(
             "PostgreSQL", lambda: asyncio.to_thread(lambda: container.service), stop, settings
         )
-        view = container.view
+        # A cluster client reads the topology when built: a cluster still forming is waited for.
+        view = await _when_available(
+            "Redis", lambda: asyncio.to_thread(lambda: container.view), stop, settings
+        )
         outbox = container.outbox() if parts.outbox else None
         jobs: list[Coroutine[Any, Any, None]] = [_report_lag(service, view, outbox, stop)]
         if outbox is not None:

@@ -1,13 +1,19 @@
 """The Lua scripts of the Redis slot view. Each runs atomically in Redis.
 
-APPLY is the twin of ``projections.slot_view.fold``: one event's changes and
-the projection position move together, or not at all.
-Return codes: 1 applied, 0 already applied (version guard), -1 version gap
-(nothing written), -2 position behind what the caller last wrote (the
-tracking key was lost, e.g. Redis was flushed; nothing written).
+Every script touches the keys of ONE hash tag only, so each runs on a Redis
+Cluster as on one server: APPLY, READ, SWAP and DROP the three keys of one
+batch (``{batch_id}``), ADVANCE the tracking key alone.
 
-The batch keys share a hash tag; the tracking key does not, so APPLY needs a
-single Redis instance (not Cluster) to touch them together.
+APPLY is the twin of ``projections.slot_view.fold``: one event's changes and
+the batch's version move together, or not at all. Return codes: 1 applied,
+0 already applied (version guard: a re-delivered or replayed event changes
+nothing), -1 version gap (nothing written).
+
+ADVANCE moves the projection position forward after a page's batch writes
+(docs/architecture.md "The read model's position"). Return codes: 1 moved,
+0 not moved (already there or further), -2 the stored position is missing or
+behind what the caller last wrote (Redis lost data, e.g. it was flushed;
+nothing written).
 """
 
 from __future__ import annotations
@@ -18,35 +24,29 @@ local function each_chunk(list, fn)
 end
 """
 
+# KEYS: summary, available_slots, assignments (one batch). ARGV: version, change (JSON).
 APPLY = (
     _CHUNK
     + """
-local nid = tonumber(ARGV[1])
-local cur = redis.call('GET', KEYS[4])
-if ARGV[2] ~= '' and (not cur or tonumber(cur) < tonumber(ARGV[2])) then return -2 end
-local version = tonumber(ARGV[4])
+local version = tonumber(ARGV[1])
 local have = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
 if version > have + 1 then return -1 end
-local applied = 0
-if version == have + 1 then
-  local c = cjson.decode(ARGV[5])
-  if have == 0 then
-    redis.call('HSET', KEYS[1], 'status', 'awaiting_registration', 'expected', '0',
-      'assigned', '0', 'available', '0', 'pending', '0', 'failed', '0', 'excess', '0')
-  end
-  for f, v in pairs(c.set_fields or {}) do redis.call('HSET', KEYS[1], f, v) end
-  for f, n in pairs(c.incr_fields or {}) do redis.call('HINCRBY', KEYS[1], f, n) end
-  if c.drain_pending and tonumber(redis.call('HGET', KEYS[1], 'pending')) > 0 then
-    redis.call('HINCRBY', KEYS[1], 'pending', -1)
-  end
-  redis.call('HSET', KEYS[1], 'version', ARGV[4])
-  each_chunk(c.add_slots or {}, function(part) redis.call('SADD', KEYS[2], unpack(part)) end)
-  each_chunk(c.remove_slots or {}, function(part) redis.call('SREM', KEYS[2], unpack(part)) end)
-  for e, t in pairs(c.assign or {}) do redis.call('HSET', KEYS[3], e, t) end
-  applied = 1
+if version <= have then return 0 end
+local c = cjson.decode(ARGV[2])
+if have == 0 then
+  redis.call('HSET', KEYS[1], 'status', 'awaiting_registration', 'expected', '0',
+    'assigned', '0', 'available', '0', 'pending', '0', 'failed', '0', 'excess', '0')
 end
-if not cur or tonumber(cur) < nid then redis.call('SET', KEYS[4], ARGV[1]) end
-return applied
+for f, v in pairs(c.set_fields or {}) do redis.call('HSET', KEYS[1], f, v) end
+for f, n in pairs(c.incr_fields or {}) do redis.call('HINCRBY', KEYS[1], f, n) end
+if c.drain_pending and tonumber(redis.call('HGET', KEYS[1], 'pending')) > 0 then
+  redis.call('HINCRBY', KEYS[1], 'pending', -1)
+end
+redis.call('HSET', KEYS[1], 'version', ARGV[1])
+each_chunk(c.add_slots or {}, function(part) redis.call('SADD', KEYS[2], unpack(part)) end)
+each_chunk(c.remove_slots or {}, function(part) redis.call('SREM', KEYS[2], unpack(part)) end)
+for e, t in pairs(c.assign or {}) do redis.call('HSET', KEYS[3], e, t) end
+return 1
 """
 )
 
@@ -56,9 +56,11 @@ return {redis.call('HGETALL', KEYS[1]), redis.call('SMEMBERS', KEYS[2]),
         redis.call('HGETALL', KEYS[3])}
 """
 
-# KEYS[1] tracking; ARGV[1] notification id; ARGV[2] '1' = only if strictly greater.
+# KEYS[1] tracking; ARGV[1] notification id; ARGV[2] the position the caller last
+# wrote ('' = none yet: no check).
 ADVANCE = """
 local cur = redis.call('GET', KEYS[1])
+if ARGV[2] ~= '' and (not cur or tonumber(cur) < tonumber(ARGV[2])) then return -2 end
 if cur and tonumber(cur) >= tonumber(ARGV[1]) then return 0 end
 redis.call('SET', KEYS[1], ARGV[1])
 return 1

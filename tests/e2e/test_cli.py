@@ -16,7 +16,6 @@ from typing import Any
 
 import psycopg
 import pytest
-import redis
 
 from application.commands import (
     ProvisionContent,
@@ -25,8 +24,10 @@ from application.commands import (
 )
 from application.service import BatchService
 from domain import Batch
+from infrastructure.bootstrap import Bootstrap
 from infrastructure.postgres.store import conninfo
 from infrastructure.processes.projector import rebuild
+from infrastructure.redis.client import connect
 from infrastructure.settings import Settings
 from tests.conftest import drop_redis_prefix, drop_schema, make_settings
 
@@ -173,8 +174,10 @@ def test_unreachable_postgres_is_one_line_naming_database_url(test_settings: Set
     assert "s3cret-pw" not in line
 
 
-def test_unreachable_redis_is_one_line_naming_redis_url(seeded: Settings) -> None:
-    url = "redis://:hidden-pw@127.0.0.1:1/0"
+@pytest.mark.parametrize(
+    "url", ["redis://:hidden-pw@127.0.0.1:1/0", "redis+cluster://:hidden-pw@127.0.0.1:1/0"]
+)
+def test_unreachable_redis_is_one_line_naming_redis_url(seeded: Settings, url: str) -> None:
     line = one_line_error(batchctl(seeded, "status", "b1", REDIS_URL=url))
     assert "REDIS_URL" in line and "Redis" in line
     assert "hidden-pw" not in line
@@ -353,12 +356,24 @@ def test_import_checks_the_whole_file_before_writing(
 # ---------------------------------------------------------- verify / rebuild
 
 
-def test_verify_catches_a_corrupted_read_model_and_rebuild_repairs_it(seeded: Settings) -> None:
+@pytest.fixture
+def seeded_either(read_model_settings: Settings) -> Settings:
+    """``seeded``, once on the single Redis and once on the Redis Cluster."""
+    with Bootstrap(read_model_settings) as built:
+        seed(built.service)
+    rebuild(read_model_settings)
+    return read_model_settings
+
+
+def test_verify_catches_a_corrupted_read_model_and_rebuild_repairs_it(
+    seeded_either: Settings,
+) -> None:
+    seeded = seeded_either
     ok = batchctl(seeded, "verify")
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "agrees" in ok.stdout
 
-    client = redis.Redis.from_url(seeded.redis_url.get_secret_value(), decode_responses=True)
+    client = connect(seeded)  # on a cluster, each batch's keys live on their own node
     p = seeded.redis_key_prefix
     client.hset(f"{p}batch:{{b1}}:summary", "assigned", "99")
     client.srem(f"{p}batch:{{b2}}:available_slots", "x2")

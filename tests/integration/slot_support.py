@@ -103,6 +103,18 @@ def everything(view: RedisSlotView) -> dict[str, Any]:
     return found
 
 
+def keys_like(view: RedisSlotView, pattern: str) -> list[str]:
+    """Keys under the view's prefix matching ``pattern``, on every server (SCAN per node)."""
+    return sorted(view.client.scan_iter(match=f"{view.prefix}{pattern}", count=1000))
+
+
+def flush(view: RedisSlotView) -> None:
+    """Delete every key under the view's prefix, as FLUSHALL would (every node)."""
+    keys = keys_like(view, "*")
+    if keys:
+        view.client.delete(*keys)  # a cluster client deletes slot by slot
+
+
 def head(service: BatchService) -> int:
     return service.recorder.max_notification_id() or 0
 

@@ -7,12 +7,12 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
-import redis
 
 from application.commands import RegisterBatch
 from application.service import BatchService
 from infrastructure.bootstrap import Bootstrap
 from infrastructure.processes.projector import Projector, rebuild, run_projector
+from infrastructure.redis.client import connect, node_clients
 from infrastructure.redis.view import RedisSlotView
 from infrastructure.settings import Settings
 from projections.slot_view import ReadModel
@@ -21,9 +21,17 @@ from tests.integration.slot_support import (
     busy_workload,
     everything,
     expected_models,
+    flush,
     head,
+    keys_like,
     view_models,
 )
+
+
+@pytest.fixture
+def test_settings(read_model_settings: Settings) -> Settings:
+    """Every test here runs on a single Redis and on a Redis Cluster."""
+    return read_model_settings
 
 
 @pytest.fixture
@@ -53,7 +61,7 @@ def assert_exact(service: BatchService, view: RedisSlotView, ids: list[str]) -> 
     ids = all_ids(view, ids)
     assert view_models(view, ids) == expected_models(service, ids)
     # The view holds the public read model only: the due-batch index is in PostgreSQL.
-    assert view.client.keys(f"{view.prefix}batchslot:index:*") == []
+    assert keys_like(view, "batchslot:index:*") == []
 
 
 def test_stopped_mid_stream_and_restarted_without_gap_or_double_count(
@@ -83,17 +91,17 @@ def test_redis_connections_killed_mid_stream_are_survived(
     test_settings: Settings, clocked: BatchService, clock: ManualClock, view: RedisSlotView
 ) -> None:
     ids = busy_workload(clocked, clock, batches=40, rounds=1500)
-    url = test_settings.redis_url.get_secret_value()
     name = f"projector-{test_settings.database_schema}"
-    client = redis.Redis.from_url(url, decode_responses=True, client_name=name)
+    client = connect(test_settings, client_name=name)
     victim = RedisSlotView(client, test_settings.redis_key_prefix)
     projector = Projector(test_settings, service=clocked, view=victim, page_size=5).start()
     try:
         eventually(lambda: (view.position() or 0) > head(clocked) // 4)
         killed = 0
-        for info in view.client.client_list():
-            if info.get("name") == name:
-                killed += view.client.client_kill_filter(_id=info["id"])
+        for server in node_clients(view.client):  # every primary of a cluster
+            for info in server.client_list():
+                if info.get("name") == name:
+                    killed += server.client_kill_filter(_id=info["id"])
         assert killed >= 1
         projector.wait_for(head(clocked), timeout=30)
         assert_exact(clocked, view, ids)
@@ -110,7 +118,7 @@ def test_a_flushed_read_model_is_noticed_while_idle_and_rebuilt_from_zero(
     try:
         projector.wait_for(head(clocked))
         before = everything(view)
-        view.client.delete(*view.client.keys(f"{view.prefix}*"))  # as FLUSHALL would
+        flush(view)  # as FLUSHALL would
         eventually(lambda: everything(view) == before)
         assert projector.replays >= 1
         assert_exact(clocked, view, ids)
@@ -125,7 +133,7 @@ def test_a_flushed_read_model_is_noticed_on_the_next_event(
     projector = Projector(test_settings, service=clocked, watchdog_seconds=3600).start()
     try:
         projector.wait_for(head(clocked))
-        view.client.delete(*view.client.keys(f"{view.prefix}*"))
+        flush(view)
         clocked.execute([RegisterBatch(batch_id="after", correlation_id="c", essay_ids=["e"])])
         projector.wait_for(head(clocked))
         assert projector.replays == 1
@@ -167,7 +175,7 @@ def test_rebuild_equals_live_and_repairs_tampering(
     assert everything(view) == live
     assert (summary.events, summary.batches) == (head(clocked), len(stored))
     assert calls[-1] == (head(clocked), head(clocked)) and len(calls) > 1
-    assert view.client.keys(f"{view.prefix}rebuild:*") == []
+    assert keys_like(view, "rebuild:*") == []
 
 
 def consistent(model: ReadModel) -> bool:

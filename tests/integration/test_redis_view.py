@@ -16,19 +16,28 @@ from application.commands import RegisterBatch
 from application.service import BatchService
 from infrastructure.bootstrap import Bootstrap
 from infrastructure.processes.projector import Projector
+from infrastructure.redis.client import node_clients
 from infrastructure.redis.view import PositionLost, RedisSlotView
 from infrastructure.settings import Settings
 from projections.slot_view import VersionGap
-from tests.conftest import ManualClock, drop_redis_prefix, make_settings
+from tests.conftest import ManualClock, drop_redis_prefix, drop_schema, make_settings
 from tests.integration.slot_support import (
     busy_workload,
     everything,
     expected_models,
+    flush,
     head,
     run_steps,
     view_models,
 )
 from tests.strategies import PENDING_TTL_SECONDS, TIMEOUT_SECONDS, Step, workloads
+from tests.support.redis_cluster import LocalRedisCluster
+
+
+@pytest.fixture
+def test_settings(read_model_settings: Settings) -> Settings:
+    """Every test here runs on a single Redis and on a Redis Cluster."""
+    return read_model_settings
 
 
 class TestRedisSlotViewIsATrackingRecorder(library_tests.TrackingRecorderTestCase):
@@ -126,18 +135,18 @@ def test_a_lost_position_is_noticed_on_the_next_write(
 ) -> None:
     busy_workload(clocked, clock, batches=3, rounds=40)
     position = replay(clocked, view)
-    drop_redis_prefix_of(view)
+    flush(view)
     clocked.execute([RegisterBatch(batch_id="late", correlation_id="c", essay_ids=["e1"])])
     last = clocked.recorder.select_notifications(start=head(clocked), limit=1)
     event = (clocked.mapper.to_domain_event(last[0]), Tracking(clocked.name, last[0].id))
     with pytest.raises(PositionLost):
         view.apply([event], position)
-    assert everything(view) == {}
-
-
-def drop_redis_prefix_of(view: RedisSlotView) -> None:
-    keys = list(view.client.scan_iter(match=f"{view.prefix}*"))
-    view.client.delete(*keys)
+    # The position is written after the page's batch writes (each batch under its own
+    # hash tag): the event's batch is written (a correct write, which the projector's
+    # replay from 0 then finds done), the lost position is not written again.
+    assert view.position() is None
+    assert set(everything(view)) <= set(view.batch_keys("late"))
+    assert view_models(view, ["late"]) == expected_models(clocked, ["late"])
 
 
 def test_batch_ids_lists_exactly_this_prefixes_batches(
@@ -152,3 +161,56 @@ def test_batch_ids_lists_exactly_this_prefixes_batches(
     stored = {b for b in ids if clocked.get_batch(b) is not None}
     assert set(view.batch_ids()) == stored
     assert set(other.batch_ids()) == {"x"}
+
+
+def test_on_a_cluster_each_page_is_on_a_replica_before_the_position_moves(
+    redis_cluster: LocalRedisCluster, clock: ManualClock
+) -> None:
+    """WAIT ends each primary's group of writes: when ``apply`` returns, every primary
+    written has had its replica acknowledge all of it (the primary's own record of
+    the replica's offset has caught up). Without WAIT the replica acknowledges only
+    once a second, so right after the page the primary's record lags behind by the
+    page (kilobytes)."""
+    s = make_settings(REDIS_URL=redis_cluster.url)
+    service = Bootstrap(s).batch_service(clock=clock)
+    view = RedisSlotView.from_settings(s)
+    try:
+        ids = busy_workload(service, clock, batches=30, rounds=200)
+        primaries = {redis_cluster.primary_of(view.batch_keys(b)[0]) for b in ids}
+        assert len(primaries) == 3  # the page goes to every primary
+        clients = [redis_cluster.client(port) for port in primaries]
+        before = [int(c.info("replication")["master_repl_offset"]) for c in clients]
+        replay(service, view)
+        after = [c.info("replication") for c in clients]
+        for c in clients:
+            c.close()
+        for start, info in zip(before, after, strict=True):
+            acknowledged, offset = int(info["slave0"]["offset"]), int(info["master_repl_offset"])
+            assert offset - start > 1000, info  # the page's writes went through this primary
+            # All of it acknowledged; at most a keepalive (SELECT + PING, 37 bytes) may
+            # have followed the page into the stream before INFO was asked.
+            assert offset - acknowledged <= 37, info
+    finally:
+        view.close()
+        service.close()
+        drop_schema(s)
+        drop_redis_prefix(s)
+
+
+def test_redis_cluster_true_with_a_plain_url_reaches_every_primary(
+    redis_cluster: LocalRedisCluster,
+) -> None:
+    s = make_settings(
+        REDIS_CLUSTER="true", REDIS_URL=f"redis://127.0.0.1:{redis_cluster.primaries()[0]}/0"
+    )
+    view = RedisSlotView.from_settings(s)
+    try:
+        assert view.cluster
+        assert sorted(c.connection_pool.connection_kwargs["port"] for c in node_clients(
+            view.client
+        )) == sorted(redis_cluster.primaries())
+        view.advance_position(7)
+        assert view.position() == 7
+    finally:
+        drop_redis_prefix(s)
+        view.close()

@@ -27,6 +27,12 @@ from tests.integration.slot_support import busy_workload, expected_models, head,
 
 
 @pytest.fixture
+def test_settings(read_model_settings: Settings) -> Settings:
+    """Every test here runs on a single Redis and on a Redis Cluster."""
+    return read_model_settings
+
+
+@pytest.fixture
 def clocked(test_settings: Settings) -> Iterator[BatchService]:
     svc = Bootstrap(test_settings).batch_service(clock=ManualClock())
     yield svc

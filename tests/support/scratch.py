@@ -10,10 +10,10 @@ from __future__ import annotations
 import uuid
 
 import psycopg
-import redis
 from psycopg import sql
 
 from infrastructure.postgres.store import conninfo
+from infrastructure.redis.client import connect
 from infrastructure.settings import Settings, load_settings
 
 
@@ -75,7 +75,7 @@ def drop_schema(s: Settings) -> None:
 
 def drop_redis_prefix(s: Settings) -> int:
     """Delete every Redis key under the run's prefix; return how many there were."""
-    client = redis.Redis.from_url(s.redis_url.get_secret_value())
+    client = connect(s)  # one server or every primary of a cluster (SCAN per node)
     try:
         keys = list(client.scan_iter(match=f"{s.redis_key_prefix}*", count=1000))
         for i in range(0, len(keys), 500):

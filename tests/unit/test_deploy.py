@@ -21,6 +21,8 @@ import yaml
 from prometheus_client import REGISTRY
 from prometheus_client.metrics import MetricWrapperBase
 
+from infrastructure.settings import load_settings, redis_cluster_startup
+
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "batchslot.json"
@@ -148,6 +150,40 @@ def test_prometheus_scrapes_every_service_container(compose: dict[str, Any]) -> 
             assert target in discovered, f"{name}: its {replicas} replicas are not discovered"
         else:
             assert target in discovered | static, f"{name} is not scraped"
+
+
+def test_scale_profile_has_a_three_node_redis_cluster_and_two_more_workers(
+    compose: dict[str, Any],
+) -> None:
+    """Issue 16: ``docker compose --profile scale up`` adds a Redis Cluster (three
+    nodes and a one-shot init container) and two more workers; nothing else changes."""
+    services = compose["services"]
+    scale = {name for name, spec in services.items() if "scale" in spec.get("profiles", [])}
+    nodes = {f"redis-node-{i}" for i in (1, 2, 3)}
+    assert scale == nodes | {"redis-cluster-init", "worker-extra"}, scale
+    for name in nodes:
+        command = services[name]["command"]
+        assert services[name]["image"] == "redis:7"
+        assert "--cluster-enabled yes" in command
+        assert f"--cluster-announce-hostname {name}" in command
+    init = " ".join(services["redis-cluster-init"]["command"])
+    assert "--cluster create" in init and "--cluster-yes" in init
+    assert all(f"getent hosts {name}" in init for name in nodes)
+    assert set(services["redis-cluster-init"]["depends_on"]) == nodes
+    extra = services["worker-extra"]
+    assert extra["command"] == ["worker"] and extra["deploy"]["replicas"] == 2
+    for name in ("worker", "worker-extra", "projector"):  # wait for the cluster when it is on
+        init_dep = services[name]["depends_on"]["redis-cluster-init"]
+        assert init_dep == {"condition": "service_completed_successfully", "required": False}
+
+
+def test_the_documented_cluster_url_is_valid_and_names_the_three_nodes() -> None:
+    documented = re.search(r"REDIS_URL=(redis\+cluster://\S+)", COMPOSE.read_text())
+    assert documented, "the compose file's header does not say how to use the cluster"
+    settings = load_settings({"REDIS_URL": documented[1]})
+    assert settings.redis_cluster_mode
+    _, nodes = redis_cluster_startup(documented[1])
+    assert nodes == [(f"redis-node-{i}", 6379) for i in (1, 2, 3)]
 
 
 def test_infrastructure_images_are_pinned(compose: dict[str, Any]) -> None:
