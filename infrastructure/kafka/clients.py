@@ -46,6 +46,9 @@ MAX_REPLICATION_FACTOR = 3
 # always fits, because aiokafka accepts the first record of any batch.
 MAX_BATCH_BYTES = 256 * 1024
 MAX_REQUEST_BYTES = 2 * 1024 * 1024
+# Records one ``getmany`` hands over: the worker decides them in one transaction
+# (docs/benchmarks.md: larger polls add latency, smaller ones lose the batching).
+MAX_POLL_RECORDS = 1000
 
 
 def client_kwargs(settings: Settings) -> dict[str, Any]:
@@ -101,6 +104,15 @@ def make_consumer(
         # KAFKA_SESSION_TIMEOUT_MS and its partitions move to another worker.
         "session_timeout_ms": settings.kafka_session_timeout_ms,
         "heartbeat_interval_ms": max(100, settings.kafka_session_timeout_ms // 3),
+        # Fetch for latency (docs/benchmarks.md, "Consumer fetch settings"): the broker
+        # answers once it has fetch_min_bytes (1: any record) or after
+        # KAFKA_FETCH_MAX_WAIT_MS. Apache Kafka answers as soon as a record arrives, so
+        # a short wait only costs idle fetch requests; the local Tansu broker holds every
+        # fetch for the full wait even when data arrives, so the wait is added to each
+        # hop (aiokafka's default of 500 ms made p50 244 ms end to end; 10 ms: 33 ms).
+        "fetch_max_wait_ms": settings.kafka_fetch_max_wait_ms,
+        "fetch_min_bytes": 1,
+        "max_poll_records": MAX_POLL_RECORDS,
         **overrides,
     }
     return AIOKafkaConsumer(*topics, **kwargs)

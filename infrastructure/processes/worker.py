@@ -26,7 +26,7 @@ from application.messages import InvalidMessage, TopicKind
 from application.service import BatchService, Result
 from infrastructure import metrics
 from infrastructure.health.metering import observe_recorded
-from infrastructure.kafka.clients import KafkaClients
+from infrastructure.kafka.clients import MAX_POLL_RECORDS, KafkaClients
 from infrastructure.kafka.dlq import DLQ_MAX_REQUEST_BYTES, DeadLetter, send_dead_letters
 from infrastructure.kafka.inbound import parse_counted
 from infrastructure.kafka.undecodable import MAX_UNEXPLAINED, is_decode_error, scan_partition
@@ -62,7 +62,7 @@ class Worker:
         self,
         settings: Settings,
         service: BatchService,
-        max_records: int = 1000,
+        max_records: int = MAX_POLL_RECORDS,
         *,
         kafka: KafkaClients | None = None,
     ) -> None:
