@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -24,6 +25,7 @@ from infrastructure.redis.view import RedisSlotView
 from infrastructure.settings import Settings
 from tests.support.bench.common import (
     ROOT,
+    CpuMeter,
     Sizes,
     console,
     new_settings,
@@ -44,23 +46,36 @@ class E2EProbe:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.send_time: dict[str, float] = {}
+        self.send_wall: dict[str, float] = {}
         self.slot_latency: dict[str, list[float]] = {}
+        # Per SlotAssigned, from wall clocks: send -> decided (the event's timestamp, taken
+        # by the worker), decided -> handed to the outbox's producer (the record's
+        # CreateTime), producer -> read here.
+        self.hops: dict[str, list[tuple[float, float, float]]] = {}
         self.completed: dict[str, set[bytes]] = {}
         self.last_event: dict[str, float] = {}
         self.samples: list[tuple[float, int, int]] = []  # (time, head, projected)
+        self.first_event: float | None = None  # the service's first output
         self._stop = threading.Event()
         self.view = RedisSlotView.from_settings(settings)
         self.store = Bootstrap(settings).batch_service()  # its recorder: the store's head
 
     async def consume(self, stop: asyncio.Event) -> None:
         consumer = make_consumer(
-            self.settings, self.settings.topics.events, group_id=None, fetch_max_wait_ms=20
+            # A short fetch wait of its own: the local broker holds a fetch for the
+            # full wait even when records arrive, which would add to every latency.
+            self.settings,
+            self.settings.topics.events,
+            group_id=None,
+            fetch_max_wait_ms=2,
         )
         await consumer.start()
         try:
             while not stop.is_set():
                 batches = await consumer.getmany(timeout_ms=100, max_records=5000)
                 now = time.monotonic()
+                if batches and self.first_event is None:
+                    self.first_event = now
                 for records in batches.values():
                     for r in records:
                         tag = r.key.split(b"-b", 1)[0].decode()
@@ -68,9 +83,22 @@ class E2EProbe:
                         kind = headers["event_type"]
                         self.last_event[tag] = now
                         if kind == b"SlotAssigned":
-                            sent = self.send_time.get(headers["correlation_id"].decode())
+                            cid = headers["correlation_id"].decode()
+                            sent = self.send_time.get(cid)
                             if sent is not None:
                                 self.slot_latency.setdefault(tag, []).append(now - sent)
+                                wall = time.time()
+                                decided = datetime.fromisoformat(
+                                    json.loads(r.value)["event_timestamp"]
+                                ).timestamp()
+                                created = r.timestamp / 1000
+                                self.hops.setdefault(tag, []).append(
+                                    (
+                                        decided - self.send_wall[cid],
+                                        created - decided,
+                                        wall - created,
+                                    )
+                                )
                         elif kind == b"BatchCompleted":
                             self.completed.setdefault(tag, set()).add(r.key)
         finally:
@@ -112,56 +140,77 @@ class E2EProbe:
         }
 
 
-async def produce(
-    settings: Settings, probe: E2EProbe, scenario: Scenario, rate: float | None
-) -> float:
-    topic = settings.topics.by_kind
-    cids = [json.loads(m.value)["correlation_id"] for m in scenario.messages]
-    producer = make_producer(settings)
-    await producer.start()
-    start = time.monotonic()
-    try:
+class Producer:
+    """ONE long-lived producer for the whole section, sending at once (``linger_ms=0``):
+    the benchmark adds no batching delay of its own to the paced latency."""
+
+    def __init__(self, settings: Settings, probe: E2EProbe) -> None:
+        self.settings = settings
+        self.probe = probe
+        self.producer = make_producer(settings, linger_ms=0)
+
+    async def start(self) -> None:
+        await self.producer.start()
+
+    async def stop(self) -> None:
+        await self.producer.stop()
+
+    async def send(self, scenario: Scenario, rate: float | None) -> float:
+        """Send every message (at ``rate`` per second if given); the first send's time."""
+        topic = self.settings.topics.by_kind
+        cids = [json.loads(m.value)["correlation_id"] for m in scenario.messages]
+        start = time.monotonic()
         pending = []
         for i, (m, cid) in enumerate(zip(scenario.messages, cids, strict=True)):
             if rate is not None:
-                due = start + i / rate
-                delay = due - time.monotonic()
-                if delay > 0.002:
+                delay = start + i / rate - time.monotonic()
+                if delay > 0.0005:
                     await asyncio.sleep(delay)
-            probe.send_time.setdefault(cid, time.monotonic())
-            pending.append(await producer.send(topic[m.kind], value=m.value, key=m.key.encode()))
+            # The send time of the message's correlation id: SlotAssigned carries it.
+            self.probe.send_time.setdefault(cid, time.monotonic())
+            self.probe.send_wall.setdefault(cid, time.time())
+            pending.append(
+                await self.producer.send(topic[m.kind], value=m.value, key=m.key.encode())
+            )
             if len(pending) >= 2000:
                 await asyncio.gather(*pending)
                 pending.clear()
         await asyncio.gather(*pending)
-    finally:
-        await producer.stop()
-    return start
+        return start
 
 
-async def e2e_phase(
-    settings: Settings, probe: E2EProbe, scenario: Scenario, rate: float | None, wait: float
-) -> dict[str, Any]:
+async def wait_done(probe: E2EProbe, scenario: Scenario, wait: float) -> tuple[float, float, int]:
+    """Wait until every batch's BatchCompleted is read and Redis is at the store head:
+    (time all completed, time consistent, batches completed)."""
     tag = next(iter(scenario.expected)).split("-b", 1)[0]
     batches = len(scenario.expected)
-    start = await produce(settings, probe, scenario, rate)
-    produced = time.monotonic()
     deadline = time.monotonic() + wait
     while len(probe.completed.get(tag, ())) < batches and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.02)
     all_completed = time.monotonic()
     head = probe.head()
     while (probe.view.position() or 0) < head and time.monotonic() < deadline:
         await asyncio.sleep(0.02)
-    consistent = time.monotonic()
+    return all_completed, time.monotonic(), len(probe.completed.get(tag, ()))
+
+
+def phase_figures(
+    probe: E2EProbe, scenario: Scenario, start: float, done: tuple[float, float, int]
+) -> dict[str, Any]:
+    tag = next(iter(scenario.expected)).split("-b", 1)[0]
+    all_completed, consistent, completed = done
     commands = len(scenario.messages)
     latencies = probe.slot_latency.get(tag, [])
+    hops = probe.hops.get(tag, [])
+    hop_names = ("send_to_decided", "decided_to_outbox_send", "outbox_send_to_read")
     return {
-        "batches": batches,
+        **{
+            f"hop_{name}_p50_ms": pct([h[i] for h in hops], 50) * 1000
+            for i, name in enumerate(hop_names)
+        },
+        "batches": len(scenario.expected),
         "commands": commands,
-        "completed": len(probe.completed.get(tag, ())),
-        "offered_rate": rate,
-        "produce_s": produced - start,
+        "completed": completed,
         "seconds": consistent - start,
         "commands_per_s": commands / (consistent - start),
         "completed_after_s": all_completed - start,
@@ -192,56 +241,124 @@ def check_read_model(settings: Settings, scenario: Scenario) -> int:
     return wrong
 
 
-def bench_e2e(sizes: Sizes, mode: str) -> dict[str, Any]:
+def service_parts(mode: str, workers: int) -> list[str]:
+    if mode == "run":
+        return ["run --no-local-broker"]
+    return ["worker"] * workers + ["projector", "outbox"]
+
+
+def start_service(
+    parts: list[str], env: dict[str, str], log: Any, profile: str | None
+) -> list[subprocess.Popen[bytes]]:
+    procs = []
+    for i, part in enumerate(parts):
+        cmd = [sys.executable, "-m", "infrastructure.cli.main", *part.split()]
+        if profile:  # py-spy samples every thread of the process (the worker's to_thread too)
+            out = ROOT / "var" / f"{profile}-{i}-{part.split()[0]}.txt"
+            cmd = ["py-spy", "record", "-r", "200", "-f", "raw", "-o", str(out), "--", *cmd]
+        procs.append(subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT))
+    return procs
+
+
+def bench_e2e(
+    sizes: Sizes,
+    mode: str,
+    *,
+    workers: int = 2,
+    partitions: int | None = None,
+    drain_batches: int | None = None,
+    paced: bool = True,
+    profile: str | None = None,
+) -> dict[str, Any]:
+    """Drain a backlog produced before the service starts, then (``paced``) a paced phase
+    at half the drain rate. ``mode``: ``run`` (one `batchctl run`) or ``split``
+    (``workers`` workers + projector + outbox processes)."""
     broker = LocalBroker(log_path=ROOT / "var" / "bench-broker.log").start()
-    s = new_settings(scratch_tag("e2e"), KAFKA_BOOTSTRAP_SERVERS=broker.bootstrap_servers)
+    extra = {"KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers}
+    if partitions:
+        extra["KAFKA_TOPIC_PARTITIONS"] = str(partitions)
+    s = new_settings(scratch_tag("e2e"), **extra)
     ensure_database(s)
     asyncio.run(ensure_topics(s))
     env = {**os.environ, **settings_env(s)}
+    if partitions:
+        env["KAFKA_TOPIC_PARTITIONS"] = str(partitions)
     log = open(ROOT / "var" / "bench-service.log", "ab")  # noqa: SIM115
-    parts = (
-        ["run --no-local-broker"] if mode == "run" else ["worker", "worker", "projector", "outbox"]
-    )
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "infrastructure.cli.main", *p.split()],
-            env=env,
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        for p in parts
-    ]
-    full = generate_load("full", sizes.e2e_full_batches, 25, seed=21)
+    parts = service_parts(mode, workers)
+    drain = generate_load("drain", drain_batches or sizes.e2e_full_batches, 25, seed=21)
     half = generate_load("half", sizes.e2e_half_batches, 25, seed=22)
-    out: dict[str, Any] = {"mode": mode, "processes": parts}
+    out: dict[str, Any] = {
+        "mode": mode,
+        "processes": parts,
+        "partitions": s.kafka_topic_partitions,
+    }
     probe = E2EProbe(s)
+    procs: list[subprocess.Popen[bytes]] = []
 
     async def main() -> None:
         stop = asyncio.Event()
         consumer = asyncio.create_task(probe.consume(stop))
+        producer = Producer(s, probe)
+        await producer.start()
         try:
-            warm = await e2e_phase(s, probe, generate_load("warm", 20, 25, seed=1), None, 90)
-            if warm["completed"] < warm["batches"]:
-                raise RuntimeError("the service did not complete the warm-up batches")
+            console.print(f"  backlog: {len(drain.messages):,} commands, service stopped ...")
+            t = time.monotonic()
+            await producer.send(drain, None)
+            out["backlog_produce_s"] = time.monotonic() - t
             sampler = probe.start_sampling()
-            console.print(f"  full rate: {len(full.messages)} commands ...")
-            out["full"] = await e2e_phase(s, probe, full, None, 600)
-            console.print(f"    {out['full']['commands_per_s']:.0f} commands/s")
-            rate = out["full"]["commands_per_s"] / 2
-            await asyncio.sleep(1.0)
-            console.print(f"  half rate ({rate:.0f}/s): {len(half.messages)} commands ...")
-            out["half"] = await e2e_phase(s, probe, half, rate, 600)
+            started = time.monotonic()
+            procs.extend(start_service(parts, env, log, profile))
+            meter = CpuMeter(
+                {
+                    **{
+                        f"{i}-{p.split()[0]}": [proc.pid]
+                        for i, (p, proc) in enumerate(zip(parts, procs, strict=True))
+                    },
+                    "broker": [broker.pid] if broker.pid else [],
+                }
+            )
+            while probe.first_event is None and time.monotonic() - started < 120:
+                await asyncio.sleep(0.01)
+            meter.start()
+            done = await wait_done(probe, drain, 900)
+            cpu = meter.stop()
+            first = probe.first_event or started
+            out["drain"] = {
+                **phase_figures(probe, drain, first, done),
+                "startup_s": first - started,
+                "commands_per_s_from_start": len(drain.messages) / (done[1] - started),
+                # core-seconds per 1,000 commands, per component (machine-wide for
+                # PostgreSQL and Redis), from the first output to the end of the drain
+                "cpu_s_per_1000": {k: v * 1000 / len(drain.messages) for k, v in cpu.items()},
+            }
+            console.print(
+                f"    drained at {out['drain']['commands_per_s']:,.0f} commands/s "
+                f"(first output {first - started:.1f}s after the start)"
+            )
+            if paced:
+                rate = out["drain"]["commands_per_s"] / 2
+                await asyncio.sleep(1.0)
+                console.print(f"  paced at {rate:,.0f}/s: {len(half.messages):,} commands ...")
+                start = await producer.send(half, rate)
+                out["paced"] = {
+                    **phase_figures(probe, half, start, await wait_done(probe, half, 600)),
+                    "offered_rate": rate,
+                }
+                console.print(
+                    f"    p50 {out['paced']['slot_p50_ms']:.1f} ms, "
+                    f"p99 {out['paced']['slot_p99_ms']:.1f} ms"
+                )
             probe.stop_sampling()
             sampler.join(5)
         finally:
+            await producer.stop()
             stop.set()
             await consumer
 
     try:
         asyncio.run(main())
         out["service_rss_mib"] = sum(rss_mib(p.pid) for p in procs)
-        wrong = check_read_model(s, full) + check_read_model(s, half)
+        wrong = check_read_model(s, drain) + (check_read_model(s, half) if paced else 0)
         verify = subprocess.run(
             [sys.executable, "-m", "infrastructure.cli.main", "verify", "--json"],
             env=env,
@@ -253,14 +370,35 @@ def bench_e2e(sizes: Sizes, mode: str) -> dict[str, Any]:
         out["verify_exit"] = verify.returncode
     finally:
         for p in procs:
-            p.send_signal(signal.SIGTERM)
+            p.send_signal(signal.SIGTERM if not profile else signal.SIGINT)
         for p in procs:
             try:
-                p.wait(timeout=30)
+                p.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 p.kill()
         log.close()
         probe.close()
         broker.stop()
         drop_scratch(s)
+    return out
+
+
+def bench_scale_e2e(sizes: Sizes) -> dict[str, Any]:
+    """Issue 16: split mode with 1, 2 and 4 worker processes on 6 partitions (drain)."""
+    out: dict[str, Any] = {}
+    for workers in (1, 2, 4):
+        console.print(f"  split, {workers} worker(s), 6 partitions")
+        r = bench_e2e(
+            sizes,
+            "split",
+            workers=workers,
+            partitions=6,
+            drain_batches=sizes.scale_batches,
+            paced=False,
+        )
+        out[f"workers_{workers}"] = {
+            **r["drain"],
+            "verify_exit": r["verify_exit"],
+            "read_model_wrong_batches": r["read_model_wrong_batches"],
+        }
     return out

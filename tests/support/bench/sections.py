@@ -139,15 +139,17 @@ def _service_worker(
     results.put({"n": len(commands), "end": end, "latencies": latencies, "rss": rss_mib()})
 
 
-def bench_service(sizes: Sizes, commands: list[AnyCommand]) -> dict[str, Any]:
+def bench_service(
+    sizes: Sizes, commands: list[AnyCommand], workers_list: tuple[int, ...] = (1,)
+) -> dict[str, Any]:
     out: dict[str, Any] = {"commands": len(commands), "poll": POLL}
-    for workers in (1, 4):
+    for workers in workers_list:
         s = new_settings(scratch_tag(f"svc{workers}"))
         ensure_database(s)
         Bootstrap(s).batch_service().close()  # create the tables before the clock starts
         shares: list[list[AnyCommand]] = [[] for _ in range(workers)]
-        for c in commands:
-            shares[partition_of(c.batch_id, workers)].append(c)
+        for c in commands:  # 6 partitions shared out as a consumer group would (4 -> 2,2,1,1)
+            shares[partition_of(c.batch_id, 6) % workers].append(c)
         try:
             start, res = spawn(_service_worker, [(settings_env(s), sh, POLL) for sh in shares])
         finally:
