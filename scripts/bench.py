@@ -40,8 +40,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # tests.support is not an installed package
     sys.path.insert(0, str(ROOT))
 
-from tests.support.bench.common import FULL, QUICK, commands_of, console  # noqa: E402
+from tests.support.bench.common import FULL, QUICK, Sizes, commands_of, console  # noqa: E402
 from tests.support.bench.e2e import bench_e2e, bench_scale_e2e  # noqa: E402
+from tests.support.bench.profile import breakdown  # noqa: E402
 from tests.support.bench.report import machine, report, targets  # noqa: E402
 from tests.support.bench.sections import (  # noqa: E402
     bench_limit,
@@ -50,6 +51,24 @@ from tests.support.bench.sections import (  # noqa: E402
     bench_service,
 )
 from tests.support.scenario import generate_load  # noqa: E402
+
+
+def profiled(sizes: Sizes) -> dict[str, Any]:
+    """Split mode under py-spy; per process: CPU per 1,000 commands, split by stage."""
+    for old in (ROOT / "var").glob("profile-*.txt"):
+        old.unlink()
+    r = bench_e2e(sizes, "split", profile="profile")
+    cpu = r["drain"]["cpu_s_per_1000"]
+    stages = {}
+    for f in sorted((ROOT / "var").glob("profile-*.txt")):
+        name = f.stem.removeprefix("profile-")
+        stages[name] = {k: v * cpu.get(name, 0.0) for k, v in breakdown(f).items()}
+        console.print(
+            f"  {name}: {cpu.get(name, 0.0):.3f} core-s per 1,000 commands: "
+            + ", ".join(f"{k} {v:.3f}" for k, v in stages[name].items())
+        )
+    r["stages_core_s_per_1000"] = stages
+    return r
 
 
 def main() -> int:
@@ -90,7 +109,7 @@ def main() -> int:
 
     if args.profile:
         only = {"profile"}
-        section("profile", lambda: bench_e2e(sizes, "split", profile="profile"))
+        section("profile", lambda: profiled(sizes))
     section("limit", lambda: bench_limit(sizes))
     section("naive", lambda: bench_naive(sizes))
     if only is None or only & {"service", "scale"}:

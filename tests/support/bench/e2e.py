@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -247,17 +248,45 @@ def service_parts(mode: str, workers: int) -> list[str]:
     return ["worker"] * workers + ["projector", "outbox"]
 
 
-def start_service(
-    parts: list[str], env: dict[str, str], log: Any, profile: str | None
+def start_service(parts: list[str], env: dict[str, str], log: Any) -> list[subprocess.Popen[bytes]]:
+    return [
+        subprocess.Popen(
+            [sys.executable, "-m", "infrastructure.cli.main", *part.split()],
+            env=env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        for part in parts
+    ]
+
+
+def start_profilers(
+    parts: list[str], procs: list[subprocess.Popen[bytes]], name: str, log: Any
 ) -> list[subprocess.Popen[bytes]]:
-    procs = []
-    for i, part in enumerate(parts):
-        cmd = [sys.executable, "-m", "infrastructure.cli.main", *part.split()]
-        if profile:  # py-spy samples every thread of the process (the worker's to_thread too)
-            out = ROOT / "var" / f"{profile}-{i}-{part.split()[0]}.txt"
-            cmd = ["py-spy", "record", "-r", "200", "-f", "raw", "-o", str(out), "--", *cmd]
-        procs.append(subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT))
-    return procs
+    """py-spy on every service process: every thread (the worker's to_thread calls too),
+    raw folded stacks in var/<name>-<i>-<part>.txt, written when it gets SIGINT."""
+    spy = str(Path(sys.executable).parent / "py-spy")
+    return [
+        subprocess.Popen(
+            [
+                spy,
+                "record",
+                "--nonblocking",
+                "-r",
+                "100",
+                "-f",
+                "raw",
+                "-p",
+                str(proc.pid),
+                "-o",
+                str(ROOT / "var" / f"{name}-{i}-{part.split()[0]}.txt"),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        for i, (part, proc) in enumerate(zip(parts, procs, strict=True))
+    ]
 
 
 def bench_e2e(
@@ -294,6 +323,7 @@ def bench_e2e(
     }
     probe = E2EProbe(s)
     procs: list[subprocess.Popen[bytes]] = []
+    spies: list[subprocess.Popen[bytes]] = []
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -307,7 +337,7 @@ def bench_e2e(
             out["backlog_produce_s"] = time.monotonic() - t
             sampler = probe.start_sampling()
             started = time.monotonic()
-            procs.extend(start_service(parts, env, log, profile))
+            procs.extend(start_service(parts, env, log))
             meter = CpuMeter(
                 {
                     **{
@@ -320,8 +350,14 @@ def bench_e2e(
             while probe.first_event is None and time.monotonic() - started < 120:
                 await asyncio.sleep(0.01)
             meter.start()
+            if profile:
+                spies.extend(start_profilers(parts, procs, profile, log))
             done = await wait_done(probe, drain, 900)
             cpu = meter.stop()
+            for spy in spies:
+                spy.send_signal(signal.SIGINT)
+            for spy in spies:
+                spy.wait(60)
             first = probe.first_event or started
             out["drain"] = {
                 **phase_figures(probe, drain, first, done),
@@ -370,7 +406,7 @@ def bench_e2e(
         out["verify_exit"] = verify.returncode
     finally:
         for p in procs:
-            p.send_signal(signal.SIGTERM if not profile else signal.SIGINT)
+            p.send_signal(signal.SIGTERM)
         for p in procs:
             try:
                 p.wait(timeout=60)
