@@ -34,6 +34,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from aiokafka.errors import TopicAlreadyExistsError
 from aiokafka.helpers import create_ssl_context
 
@@ -113,6 +115,14 @@ def make_consumer(
         "fetch_max_wait_ms": settings.kafka_fetch_max_wait_ms,
         "fetch_min_bytes": 1,
         "max_poll_records": MAX_POLL_RECORDS,
+        # Co-partitioned topics: a batch's messages carry its id as key, so with equal
+        # partition counts they land on partition i of every inbound topic. The range
+        # assignor hands partition i of every topic to the same member, so one worker
+        # owns a batch; aiokafka's default (round robin over all topic-partitions) split
+        # a batch's registration and contents between workers, which then contended on
+        # its stream (version conflicts, reloads). Round robin stays listed second so a
+        # group still running the old release agrees on a protocol during a rollout.
+        "partition_assignment_strategy": (RangePartitionAssignor, RoundRobinPartitionAssignor),
         **overrides,
     }
     return AIOKafkaConsumer(*topics, **kwargs)

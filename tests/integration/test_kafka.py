@@ -68,3 +68,45 @@ def test_fetch_settings_reach_every_consumer(broker: LocalBroker) -> None:
             await consumer.stop()
 
     assert asyncio.run(scenario()) == (37, 1, MAX_POLL_RECORDS, 3)
+
+
+def test_one_worker_owns_all_of_a_batchs_partitions(broker: LocalBroker) -> None:
+    """Two members of the workers' group over the three inbound topics: each gets the
+    same partition numbers on every topic, so a batch (keyed by its id, partition i on
+    each topic) is decided by one worker only."""
+    settings = make_settings(
+        KAFKA_BOOTSTRAP_SERVERS=broker.bootstrap_servers,
+        KAFKA_TOPIC_PARTITIONS="3",
+        **topic_env(new_tag(8), sep="."),
+    )
+    inbound = list(settings.topics.by_kind.values())
+
+    async def scenario() -> list[dict[str, set[int]]]:
+        await ensure_topics(settings)
+        kafka = KafkaClients(settings)
+        members = [kafka.consumer(group_id=settings.kafka_consumer_group) for _ in range(2)]
+        for m in members:
+            m.subscribe(inbound)
+            await m.start()
+        try:
+            for _ in range(200):  # until the group has settled with both members
+                await asyncio.gather(*(m.getmany(timeout_ms=50) for m in members))
+                if all(m.assignment() for m in members) and sum(
+                    len(m.assignment()) for m in members
+                ) == 3 * len(inbound):
+                    break
+            out = []
+            for m in members:
+                by_topic: dict[str, set[int]] = {t: set() for t in inbound}
+                for tp in m.assignment():
+                    by_topic[tp.topic].add(tp.partition)
+                out.append(by_topic)
+            return out
+        finally:
+            for m in members:
+                await m.stop()
+
+    owned = asyncio.run(scenario())
+    for by_topic in owned:
+        assert all(parts for parts in by_topic.values()), owned
+        assert len({frozenset(p) for p in by_topic.values()}) == 1, owned
