@@ -21,7 +21,7 @@ Everything runs in scratch PostgreSQL schemas (dropped afterwards, database
 ``batchslot_bench`` unless BENCH_DATABASE_URL says otherwise) and a scratch Redis
 key prefix; the broker is a fresh local Tansu on a free port per e2e run. The
 sections live in ``tests/support/bench/``; this file parses the options and runs them.
-``--profile`` runs split mode only, every service process under ``py-spy record``
+``--profile run|split`` runs that e2e mode only, every service process under ``py-spy``
 (raw folded stacks in var/profile-*.txt; see docs/benchmarks.md for the breakdown).
 """
 
@@ -53,11 +53,11 @@ from tests.support.bench.sections import (  # noqa: E402
 from tests.support.scenario import generate_load  # noqa: E402
 
 
-def profiled(sizes: Sizes) -> dict[str, Any]:
-    """Split mode under py-spy; per process: CPU per 1,000 commands, split by stage."""
+def profiled(sizes: Sizes, mode: str) -> dict[str, Any]:
+    """An e2e run under py-spy; per process: CPU per 1,000 commands, split by stage."""
     for old in (ROOT / "var").glob("profile-*.txt"):
         old.unlink()
-    r = bench_e2e(sizes, "split", profile="profile")
+    r = bench_e2e(sizes, mode, profile="profile")
     cpu = r["drain"]["cpu_s_per_1000"]
     stages = {}
     for f in sorted((ROOT / "var").glob("profile-*.txt")):
@@ -82,8 +82,8 @@ def main() -> int:
     )
     p.add_argument(
         "--profile",
-        action="store_true",
-        help="profile split mode with py-spy (one drain + paced run; nothing else)",
+        choices=("run", "split"),
+        help="profile that e2e mode with py-spy (one drain + paced run; nothing else)",
     )
     args = p.parse_args()
     sizes = QUICK if args.quick else FULL
@@ -109,7 +109,8 @@ def main() -> int:
 
     if args.profile:
         only = {"profile"}
-        section("profile", lambda: profiled(sizes))
+        mode = args.profile
+        section("profile", lambda: profiled(sizes, mode))
     section("limit", lambda: bench_limit(sizes))
     section("naive", lambda: bench_naive(sizes))
     if only is None or only & {"service", "scale"}:
