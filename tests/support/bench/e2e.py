@@ -318,6 +318,7 @@ def start_profilers(
             [
                 spy,
                 "record",
+                "--gil",
                 "--nonblocking",
                 "-r",
                 "100",
