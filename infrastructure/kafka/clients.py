@@ -80,7 +80,10 @@ def producer_kwargs(settings: Settings) -> dict[str, Any]:
     return {
         "acks": "all",
         "enable_idempotence": settings.kafka_enable_idempotence,
-        "linger_ms": 5,
+        # No lingering: the outbox builds whole record batches itself (send_batch), and
+        # aiokafka holds even a ready-made batch for linger_ms before sending it; other
+        # records still share a request while one is in flight.
+        "linger_ms": 0,
         "max_batch_size": MAX_BATCH_BYTES,
         "max_request_size": MAX_REQUEST_BYTES,
         "retry_backoff_ms": 200,
