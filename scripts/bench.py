@@ -58,16 +58,18 @@ def profiled(sizes: Sizes, mode: str) -> dict[str, Any]:
     for old in (ROOT / "var").glob("profile-*.txt"):
         old.unlink()
     r = bench_e2e(sizes, mode, profile="profile")
-    cpu = r["drain"]["cpu_s_per_1000"]
-    stages = {}
-    for f in sorted((ROOT / "var").glob("profile-*.txt")):
-        name = f.stem.removeprefix("profile-")
-        stages[name] = {k: v * cpu.get(name, 0.0) for k, v in breakdown(f).items()}
-        console.print(
-            f"  {name}: {cpu.get(name, 0.0):.3f} core-s per 1,000 commands: "
-            + ", ".join(f"{k} {v:.3f}" for k, v in stages[name].items())
-        )
-    r["stages_core_s_per_1000"] = stages
+    for phase in ("drain", "paced"):
+        cpu = r[phase]["cpu_s_per_1000"]
+        stages = {}
+        files = (ROOT / "var").glob(f"profile-{'paced-' if phase == 'paced' else ''}[0-9]*.txt")
+        for f in sorted(files):
+            name = f.stem.removeprefix("profile-").removeprefix("paced-")
+            stages[name] = {k: v * cpu.get(name, 0.0) for k, v in breakdown(f).items()}
+            console.print(
+                f"  {phase} {name}: {cpu.get(name, 0.0):.3f} core-s per 1,000 commands: "
+                + ", ".join(f"{k} {v:.3f}" for k, v in stages[name].items())
+            )
+        r[phase]["stages_core_s_per_1000"] = stages
     return r
 
 

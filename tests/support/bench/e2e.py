@@ -437,10 +437,20 @@ def bench_e2e(
                 rate = out["drain"]["commands_per_s"] / 2
                 await asyncio.sleep(1.0)
                 console.print(f"  paced at {rate:,.0f}/s: {len(half.messages):,} commands ...")
+                meter.start()
+                if profile:
+                    spies[:] = start_profilers(parts, procs, f"{profile}-paced", log)
                 start = await producer.send(half, rate)
+                paced_done = await wait_done(probe, half, 600)
+                cpu = meter.stop()
+                for spy in spies:
+                    spy.send_signal(signal.SIGINT)
+                for spy in spies:
+                    spy.wait(60)
                 out["paced"] = {
-                    **phase_figures(probe, half, start, await wait_done(probe, half, 600)),
+                    **phase_figures(probe, half, start, paced_done),
                     "offered_rate": rate,
+                    "cpu_s_per_1000": {k: v * 1000 / len(half.messages) for k, v in cpu.items()},
                 }
                 console.print(
                     f"    p50 {out['paced']['slot_p50_ms']:.1f} ms, "
