@@ -41,10 +41,11 @@ class Sizes:
     small_batches: int
     memory_batches: tuple[int, int]
     scale_batches: int  # issue 16's end-to-end scaling rows (drain only)
+    e2e_light_batches: int  # the light-load phase (200 commands/s)
 
 
-FULL = Sizes(5.0, 3000, 600, 1900, 800, 5000, 5000, 40, (1000, 50_000), 600)
-QUICK = Sizes(2.0, 800, 150, 300, 150, 5000, 1500, 20, (1000, 5000), 150)
+FULL = Sizes(5.0, 3000, 600, 1900, 800, 5000, 5000, 40, (1000, 50_000), 600, 100)
+QUICK = Sizes(2.0, 800, 150, 300, 150, 5000, 1500, 20, (1000, 5000), 150, 40)
 
 
 def new_settings(tag: str, **extra: str) -> Settings:

@@ -146,6 +146,9 @@ class E2EProbe:
         }
 
 
+LIGHT_RATE = 200  # commands/s: light load, for the latency floor
+
+
 class Producer:
     """ONE long-lived producer for the whole section, sending at once (``linger_ms=0``):
     the benchmark adds no batching delay of its own to the paced latency."""
@@ -369,6 +372,7 @@ def bench_e2e(
     parts = service_parts(mode, workers)
     drain = generate_load("drain", drain_batches or sizes.e2e_full_batches, 25, seed=21)
     half = generate_load("half", sizes.e2e_half_batches, 25, seed=22)
+    light = generate_load("light", sizes.e2e_light_batches, 25, seed=23) if paced else None
     out: dict[str, Any] = {
         "mode": mode,
         "processes": parts,
@@ -458,6 +462,19 @@ def bench_e2e(
                     f"    p50 {out['paced']['slot_p50_ms']:.1f} ms, "
                     f"p99 {out['paced']['slot_p99_ms']:.1f} ms"
                 )
+            if paced and light is not None:
+                # The floor: the same path at a light fixed rate, where nothing queues.
+                await asyncio.sleep(1.0)
+                console.print(f"  light load at {LIGHT_RATE}/s: {len(light.messages):,} commands")
+                start = await producer.send(light, LIGHT_RATE)
+                out["light"] = {
+                    **phase_figures(probe, light, start, await wait_done(probe, light, 300)),
+                    "offered_rate": LIGHT_RATE,
+                }
+                console.print(
+                    f"    p50 {out['light']['slot_p50_ms']:.1f} ms, "
+                    f"p99 {out['light']['slot_p99_ms']:.1f} ms"
+                )
             probe.stop_sampling()
             sampler.join(5)
         finally:
@@ -468,7 +485,11 @@ def bench_e2e(
     try:
         asyncio.run(main())
         out["service_rss_mib"] = sum(rss_mib(p.pid) for p in procs)
-        wrong = check_read_model(s, drain) + (check_read_model(s, half) if paced else 0)
+        wrong = check_read_model(s, drain)
+        if paced:
+            wrong += check_read_model(s, half)
+        if "light" in out and light is not None:
+            wrong += check_read_model(s, light)
         verify = subprocess.run(
             [sys.executable, "-m", "infrastructure.cli.main", "verify", "--json"],
             env=env,

@@ -135,6 +135,10 @@ def report(r: dict[str, Any]) -> None:
         )
         row(label, "paced: p99 produce->SlotAssigned ms", pc["slot_p99_ms"])
         row(label, "paced: p99 projection lag, ms", pc["projection_lag_p99_ms"])
+        if "light" in e:
+            lt = e["light"]
+            row(label, "light load 200/s: p50 produce->SlotAssigned ms", lt["slot_p50_ms"])
+            row(label, "light load 200/s: p99 produce->SlotAssigned ms", lt["slot_p99_ms"])
         row(label, "service RSS MiB / verify exit / wrong batches", e["service_rss_mib"])
         t.add_row("", "", f"{e['verify_exit']} / {e['read_model_wrong_batches']}")
     sc = r["scaling"]
