@@ -91,6 +91,8 @@ class Settings(BaseModel):
     kafka_session_timeout_ms: int = Field(default=10_000, ge=1000, le=600_000)
     kafka_metadata_max_age_ms: int = Field(default=60_000, ge=1000, le=3_600_000)
     kafka_connections_max_idle_ms: int = Field(default=540_000, ge=1000, le=3_600_000)
+    # How long a fetch may wait at the broker for data (infrastructure/kafka/clients.py).
+    kafka_fetch_max_wait_ms: int = Field(default=10, ge=1, le=10_000)
     topics: Topics = Topics()
     batch_timeout_seconds: int = Field(default=86400, ge=1)
     pending_ttl_seconds: int = Field(default=86400, ge=1)
@@ -287,6 +289,7 @@ _ENV: dict[str, str] = {
     "KAFKA_SESSION_TIMEOUT_MS": "kafka_session_timeout_ms",
     "KAFKA_METADATA_MAX_AGE_MS": "kafka_metadata_max_age_ms",
     "KAFKA_CONNECTIONS_MAX_IDLE_MS": "kafka_connections_max_idle_ms",
+    "KAFKA_FETCH_MAX_WAIT_MS": "kafka_fetch_max_wait_ms",
     "BATCH_TIMEOUT_SECONDS": "batch_timeout_seconds",
     "PENDING_TTL_SECONDS": "pending_ttl_seconds",
     "SWEEP_INTERVAL_SECONDS": "sweep_interval_seconds",

@@ -1,24 +1,28 @@
-"""Benchmark (issue #7): how fast is the batch slot service, against baselines of the same run.
+"""Benchmark (issues 7, 14, 16): how fast is the service, against baselines of the same run.
 
-    python scripts/bench.py [--quick] [--json FILE]
+    python scripts/bench.py [--quick] [--json FILE] [--only SECTIONS] [--profile]
 
 Sections (all measured in this one run, on this machine, everything on it):
 
 1. limit     single-row INSERT transactions/s into PostgreSQL, 1 and 4 client processes
 2. naive     the library's default per-command load-and-save (plain Application, no cache,
              no snapshots, no grouping), one command per transaction
-3. service   BatchService.execute as the worker calls it (polls of commands, grouped per
-             batch), 1 and 4 worker PROCESSES sharing one event store; parsing excluded
-4. e2e       through the real broker: produce inbound messages, `batchctl run` as a
-             subprocess, until every BatchCompleted is on batch.events.v1 and the Redis
-             read model has caught up; at full rate and at half that rate
-5. scaling   per-command cost in a 25-slot and a 5,000-slot batch (one command per
+3. service   BatchService.execute as the worker calls it (polls of parsed commands), 1 worker
+4. e2e       `batchctl run` through the real broker: a backlog of >= 50,000 commands
+             produced BEFORE the service starts (drain rate), then a paced phase at half
+             the drain rate with one long-lived producer (produce -> SlotAssigned latency)
+5. split     the same with 2 workers + projector + outbox as separate processes
+6. scaling   per-command cost in a 25-slot and a 5,000-slot batch (one command per
              execute); service RSS after 1,000 and after 50,000 batches
+7. scale     issue 16: command path with 1, 2 and 4 worker processes, and end to end in
+             split mode with 1, 2 and 4 workers on 6 partitions (drain only)
 
 Everything runs in scratch PostgreSQL schemas (dropped afterwards, database
 ``batchslot_bench`` unless BENCH_DATABASE_URL says otherwise) and a scratch Redis
-key prefix; the broker is a fresh local Tansu on a free port. The sections live
-in ``tests/support/bench/``; this file parses the options and runs them.
+key prefix; the broker is a fresh local Tansu on a free port per e2e run. The
+sections live in ``tests/support/bench/``; this file parses the options and runs them.
+``--profile run|split`` runs that e2e mode only, every service process under ``py-spy``
+(raw folded stacks in var/profile-*.txt; see docs/benchmarks.md for the breakdown).
 """
 
 from __future__ import annotations
@@ -36,8 +40,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # tests.support is not an installed package
     sys.path.insert(0, str(ROOT))
 
-from tests.support.bench.common import FULL, QUICK, commands_of, console  # noqa: E402
-from tests.support.bench.e2e import bench_e2e  # noqa: E402
+from tests.support.bench.common import FULL, QUICK, Sizes, commands_of, console  # noqa: E402
+from tests.support.bench.e2e import bench_e2e, bench_scale_e2e  # noqa: E402
+from tests.support.bench.profile import breakdown  # noqa: E402
 from tests.support.bench.report import machine, report, targets  # noqa: E402
 from tests.support.bench.sections import (  # noqa: E402
     bench_limit,
@@ -48,20 +53,39 @@ from tests.support.bench.sections import (  # noqa: E402
 from tests.support.scenario import generate_load  # noqa: E402
 
 
+def profiled(sizes: Sizes, mode: str) -> dict[str, Any]:
+    """An e2e run under py-spy; per process: CPU per 1,000 commands, split by stage."""
+    for old in (ROOT / "var").glob("profile-*.txt"):
+        old.unlink()
+    r = bench_e2e(sizes, mode, profile="profile")
+    for phase in ("drain", "paced"):
+        cpu = r[phase]["cpu_s_per_1000"]
+        stages = {}
+        files = (ROOT / "var").glob(f"profile-{'paced-' if phase == 'paced' else ''}[0-9]*.txt")
+        for f in sorted(files):
+            name = f.stem.removeprefix("profile-").removeprefix("paced-")
+            stages[name] = {k: v * cpu.get(name, 0.0) for k, v in breakdown(f).items()}
+            console.print(
+                f"  {phase} {name}: {cpu.get(name, 0.0):.3f} core-s per 1,000 commands: "
+                + ", ".join(f"{k} {v:.3f}" for k, v in stages[name].items())
+            )
+        r[phase]["stages_core_s_per_1000"] = stages
+    return r
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--quick", action="store_true", help="a smaller run (about 2 minutes)")
     p.add_argument("--json", type=Path, help="also write the results to this JSON file")
     p.add_argument(
-        "--e2e-mode",
-        choices=("run", "split"),
-        default="run",
-        help="run: one `batchctl run`; split: 2 workers + projector + outbox processes",
+        "--only",
+        help="comma-separated sections to run (limit,naive,service,e2e,split,scaling,"
+        "scale); the targets table needs limit,naive,service,e2e,split,scaling",
     )
     p.add_argument(
-        "--only",
-        help="comma-separated sections to run (limit,naive,service,e2e,"
-        "scaling); the targets need all of them",
+        "--profile",
+        choices=("run", "split"),
+        help="profile that e2e mode with py-spy (one drain + paced run; nothing else)",
     )
     args = p.parse_args()
     sizes = QUICK if args.quick else FULL
@@ -85,16 +109,28 @@ def main() -> int:
             f"  done in {time.monotonic() - t:.1f}s: {json.dumps(r[name], default=str)[:300]}"
         )
 
+    if args.profile:
+        only = {"profile"}
+        mode = args.profile
+        section("profile", lambda: profiled(sizes, mode))
     section("limit", lambda: bench_limit(sizes))
     section("naive", lambda: bench_naive(sizes))
-    if only is None or "service" in only:
+    if only is None or only & {"service", "scale"}:
         scenario = generate_load("svc", sizes.service_batches, 25, seed=5)
         commands = commands_of(scenario)
         section("service", lambda: bench_service(sizes, commands))
-    section("e2e", lambda: bench_e2e(sizes, args.e2e_mode))
+    section("e2e", lambda: bench_e2e(sizes, "run"))
+    section("split", lambda: bench_e2e(sizes, "split", workers=2))
     section("scaling", lambda: bench_scaling(sizes))
+    section(
+        "scale",
+        lambda: {
+            "service": bench_service(sizes, commands, (1, 2, 4)),
+            "e2e_split_6_partitions": bench_scale_e2e(sizes),
+        },
+    )
     r["seconds"] = time.monotonic() - t0
-    if only is None:
+    if only is None or {"limit", "naive", "service", "e2e", "split", "scaling"} <= only:
         r["targets"] = targets(r)
         report(r)
     if args.json:

@@ -34,6 +34,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import TopicAlreadyExistsError
 from aiokafka.helpers import create_ssl_context
 
@@ -46,6 +47,9 @@ MAX_REPLICATION_FACTOR = 3
 # always fits, because aiokafka accepts the first record of any batch.
 MAX_BATCH_BYTES = 256 * 1024
 MAX_REQUEST_BYTES = 2 * 1024 * 1024
+# Records one ``getmany`` hands over: the worker decides them in one transaction
+# (docs/benchmarks.md: larger polls add latency, smaller ones lose the batching).
+MAX_POLL_RECORDS = 1000
 
 
 def client_kwargs(settings: Settings) -> dict[str, Any]:
@@ -76,7 +80,10 @@ def producer_kwargs(settings: Settings) -> dict[str, Any]:
     return {
         "acks": "all",
         "enable_idempotence": settings.kafka_enable_idempotence,
-        "linger_ms": 5,
+        # No lingering: the outbox builds whole record batches itself (send_batch), and
+        # aiokafka holds even a ready-made batch for linger_ms before sending it; other
+        # records still share a request while one is in flight.
+        "linger_ms": 0,
         "max_batch_size": MAX_BATCH_BYTES,
         "max_request_size": MAX_REQUEST_BYTES,
         "retry_backoff_ms": 200,
@@ -101,6 +108,24 @@ def make_consumer(
         # KAFKA_SESSION_TIMEOUT_MS and its partitions move to another worker.
         "session_timeout_ms": settings.kafka_session_timeout_ms,
         "heartbeat_interval_ms": max(100, settings.kafka_session_timeout_ms // 3),
+        # Fetch for latency (docs/benchmarks.md, "Consumer fetch settings"): the broker
+        # answers once it has fetch_min_bytes (1: any record) or after
+        # KAFKA_FETCH_MAX_WAIT_MS. Apache Kafka answers as soon as a record arrives, so
+        # a short wait only costs idle fetch requests; the local Tansu broker holds every
+        # fetch for the full wait even when data arrives, so the wait is added to each
+        # hop (aiokafka's default of 500 ms made p50 244 ms end to end; 10 ms: 33 ms).
+        "fetch_max_wait_ms": settings.kafka_fetch_max_wait_ms,
+        "fetch_min_bytes": 1,
+        "max_poll_records": MAX_POLL_RECORDS,
+        # Co-partitioned topics: a batch's messages carry its id as key, so with equal
+        # partition counts they land on partition i of every inbound topic. The range
+        # assignor hands partition i of every topic to the same member, so one worker
+        # owns a batch; aiokafka's default (round robin over all topic-partitions) split
+        # a batch's registration and contents between workers, which then contended on
+        # its stream (version conflicts, reloads). Range alone: listing round robin too
+        # (for a rollout next to members of an older release) doubled the local
+        # broker's join time (5 -> 10 s); stop the old workers before starting new ones.
+        "partition_assignment_strategy": (RangePartitionAssignor,),
         **overrides,
     }
     return AIOKafkaConsumer(*topics, **kwargs)

@@ -156,7 +156,6 @@ async def read_letters(
     consumer = make_consumer(
         settings,
         group_id=None,
-        fetch_max_wait_ms=100,
         max_partition_fetch_bytes=DLQ_MAX_REQUEST_BYTES,
         fetch_max_bytes=DLQ_MAX_REQUEST_BYTES,
     )

@@ -16,9 +16,13 @@ one more, nullable column, ``traceparent`` (added by ``create_table`` to a
 table created by an older release, under the start-up DDL lock). An append
 given ``traceparents={(originator_id, version): traceparent}`` (by
 ``BatchService``) stores each event's in the same INSERT; without it the
-library's own statement runs and the column stays NULL. Notifications read
+column stays NULL. Notifications read
 back are ``TracedNotification``s, which carry it. The stored event (its
-topic and state) and the library's composite type are unchanged.
+topic and state) and the library's composite type are unchanged. Every append
+sends its rows as five base-type arrays (ids, versions, topics, states,
+traceparents) rather than the library's composite array, which psycopg dumps in
+pure Python field by field (13% of the run process's GIL samples,
+docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -88,19 +92,17 @@ class UnpipelinedApplicationRecorder(PostgresApplicationRecorder):
                 column=Identifier(TRACEPARENT_COLUMN),
             )
         )
-        # The library's INSERT, with a parallel array of traceparents: unnest() of two
-        # arrays zips them in order, so RETURNING still lists ids in the events' order.
+        # Every append: five parallel base-type arrays (see _insert_stored_events).
         self.insert_traced_events_statement: Composed = SQL(
             "INSERT INTO {schema}.{table} AS t ("
             "originator_id, originator_version, topic, state, {column}) "
-            "SELECT originator_id, originator_version, topic, state, {column} "
-            "FROM unnest(%s::{schema}.{stored_event_type}[], %s::text[]) "
-            "AS u(originator_id, originator_version, topic, state, {column}) "
+            "SELECT * FROM unnest(%s::{originator_id_type}[], %s::bigint[], %s::text[], "
+            "%s::bytea[], %s::text[]) "
             "RETURNING notification_id"
         ).format(
             schema=Identifier(schema),
             table=Identifier(table),
-            stored_event_type=Identifier(self.stored_event_type_name),
+            originator_id_type=Identifier(self.datastore.originator_id_type),
             column=Identifier(TRACEPARENT_COLUMN),
         )
 
@@ -131,19 +133,23 @@ class UnpipelinedApplicationRecorder(PostgresApplicationRecorder):
         traceparents: Traceparents | None = None,
         **kwargs: Any,
     ) -> None:
-        if not traceparents:
-            super()._insert_stored_events(curs, stored_events, **kwargs)
-            return
+        # Five base-type arrays, not the library's composite array: psycopg dumps a
+        # composite array in pure Python, field by field (docs/benchmarks.md), base-type
+        # arrays in C. unnest() of parallel arrays zips them in order, so RETURNING
+        # still lists the ids in the events' order. No traceparents: the column is NULL.
         self._lock_table(curs)
         self._notify_channel(curs)
-        events = [
-            self.construct_pg_stored_event(e.originator_id, e.originator_version, e.topic, e.state)
-            for e in stored_events
-        ]
-        contexts = [
-            traceparents.get((e.originator_id, e.originator_version)) for e in stored_events
-        ]
-        curs.execute(self.insert_traced_events_statement, (events, contexts))
+        contexts = traceparents or {}
+        curs.execute(
+            self.insert_traced_events_statement,
+            (
+                [e.originator_id for e in stored_events],
+                [e.originator_version for e in stored_events],
+                [e.topic for e in stored_events],
+                [e.state for e in stored_events],
+                [contexts.get((e.originator_id, e.originator_version)) for e in stored_events],
+            ),
+        )
 
     @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
     def select_notifications(

@@ -2,7 +2,9 @@
 
 One poll at a time: every message is parsed (invalid ones are dead-lettered),
 the poll's commands are decided together (one load and one append per batch),
-rejected commands are dead-lettered, and only then are the offsets committed.
+rejected commands are dead-lettered, and only then are the offsets committed
+(at most every ``COMMIT_INTERVAL_SECONDS``, and whenever the worker goes idle, before
+a rebalance and at stop).
 Transient failures (any failure of PostgreSQL, Redis or Kafka: a restart, a
 read-only store, a full disk; too many version conflicts; see
 ``infrastructure/transient.py``) are retried with backoff and never reach the
@@ -19,6 +21,7 @@ committed), and that span is the context stored and put on its dead letter.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -36,7 +39,7 @@ from application.service import BatchService, Result
 from application.tracing import traceparent_of
 from infrastructure import metrics
 from infrastructure.health.metering import observe_recorded
-from infrastructure.kafka.clients import KafkaClients
+from infrastructure.kafka.clients import MAX_POLL_RECORDS, KafkaClients
 from infrastructure.kafka.dlq import DLQ_MAX_REQUEST_BYTES, DeadLetter, send_dead_letters
 from infrastructure.kafka.inbound import parse_counted
 from infrastructure.kafka.undecodable import MAX_UNEXPLAINED, is_decode_error, scan_partition
@@ -54,14 +57,24 @@ class PollOutcome:
     dead_lettered: int = 0
 
 
+# Offsets are committed at most this often (and whenever the worker goes idle, before a
+# rebalance gives partitions up, and at stop): small polls under light load no longer
+# pay one OffsetCommit round trip each (docs/benchmarks.md). Only offsets of polls whose
+# commands are recorded are ever committed; a crash re-delivers at most this much, and
+# every command is idempotent.
+COMMIT_INTERVAL_SECONDS = 0.1
+
+
 class _CommitOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
     """A rebalance waits until the poll in hand is recorded and committed."""
 
-    def __init__(self, lock: asyncio.Lock) -> None:
+    def __init__(self, lock: asyncio.Lock, flush: Any) -> None:
         self.lock = lock
+        self.flush = flush
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
         async with self.lock:
+            await self.flush()  # before the generation ends: no stale offsets later
             log.info("partitions revoked", extra={"partitions": [str(tp) for tp in revoked]})
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
@@ -73,7 +86,7 @@ class Worker:
         self,
         settings: Settings,
         service: BatchService,
-        max_records: int = 1000,
+        max_records: int = MAX_POLL_RECORDS,
         *,
         kafka: KafkaClients | None = None,
         tracing: Tracing | None = None,
@@ -94,6 +107,8 @@ class Worker:
         self.retrying = False  # the last attempt failed transiently (a dependency is down)
         self._next: dict[TopicPartition, int] = {}
         self._consumer: AIOKafkaConsumer | None = None
+        self._uncommitted: dict[TopicPartition, int] = {}  # handled, not yet committed
+        self._committed_at = float("-inf")
         self._unexplained = 0  # decode errors in a row that a re-read did not explain
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -103,7 +118,10 @@ class Worker:
             auto_offset_reset="earliest",
             max_poll_records=self.max_records,
         )
-        consumer.subscribe(list(self.kind_of), listener=_CommitOnRevoke(self._lock))
+        consumer.subscribe(
+            list(self.kind_of),
+            listener=_CommitOnRevoke(self._lock, lambda: self._flush_commits(consumer)),
+        )
         producer = self.kafka.producer(max_request_size=DLQ_MAX_REQUEST_BYTES)
         await consumer.start()
         await producer.start()
@@ -123,7 +141,13 @@ class Worker:
                     self._unexplained = 0
                     async with self._lock:
                         await self.handle(consumer, producer, records, stop)
+                elif self._uncommitted:  # idle: commit what is handled
+                    async with self._lock:
+                        await self._flush_commits(consumer)
         finally:
+            with contextlib.suppress(Exception):  # best effort: re-delivery is harmless
+                async with self._lock:
+                    await self._flush_commits(consumer)
             await consumer.stop()
             await producer.stop()
             log.info("worker stopped")
@@ -245,6 +269,7 @@ class Worker:
             metrics.UNDECODABLE.labels(tp.topic).inc()
             if scan.good:
                 await self.handle(consumer, producer, {tp: scan.good}, stop)
+            await self._flush_commits(consumer)  # never commit an older offset after it
             await send_dead_letters(producer, self.settings.topics.dlq, [scan.bad], stop)
             await consumer.commit({tp: scan.end_offset})
             consumer.seek(tp, scan.end_offset)
@@ -312,13 +337,29 @@ class Worker:
     async def _commit(
         self, consumer: AIOKafkaConsumer, records: dict[TopicPartition, list[Any]]
     ) -> None:
-        offsets = {tp: messages[-1].offset + 1 for tp, messages in records.items() if messages}
+        self._uncommitted.update(
+            {tp: messages[-1].offset + 1 for tp, messages in records.items() if messages}
+        )
+        if time.monotonic() - self._committed_at >= COMMIT_INTERVAL_SECONDS:
+            await self._flush_commits(consumer)
+
+    async def _flush_commits(self, consumer: AIOKafkaConsumer) -> None:
+        """Commit every handled offset not committed yet (the caller holds the lock)."""
+        offsets, self._uncommitted = self._uncommitted, {}
+        if not offsets:
+            return
+        self._committed_at = time.monotonic()
         try:
             await consumer.commit(offsets)
         except (CommitFailedError, IllegalStateError) as e:
             # The partitions moved on a rebalance; their new owner re-reads from the
             # last committed offset, and every command is idempotent.
             log.warning("commit failed after rebalance", extra={"error": str(e)})
+        except BaseException:
+            # Not committed (broker trouble): keep them for the next commit unless a
+            # later poll of the same partition has already replaced them.
+            self._uncommitted = {**offsets, **self._uncommitted}
+            raise
 
     @staticmethod
     def _count(topic: str, result: Result) -> None:

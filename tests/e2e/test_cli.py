@@ -188,6 +188,15 @@ def test_invalid_setting_names_the_variable(test_settings: Settings) -> None:
     assert "DATABASE_URL" in line
 
 
+@pytest.mark.parametrize("value", ["0", "-5", "10001", "ten"])
+def test_invalid_fetch_wait_exits_2(test_settings: Settings, value: str) -> None:
+    for command in ("worker", "run", "dlq list"):
+        line = one_line_error(
+            batchctl(test_settings, *command.split(), KAFKA_FETCH_MAX_WAIT_MS=value)
+        )
+        assert "invalid configuration: KAFKA_FETCH_MAX_WAIT_MS: " in line, (command, line)
+
+
 def test_console_script_is_installed(test_settings: Settings) -> None:
     script = Path(sys.executable).parent / "batchctl"
     if not script.exists():

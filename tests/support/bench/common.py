@@ -40,10 +40,12 @@ class Sizes:
     big_commands: int
     small_batches: int
     memory_batches: tuple[int, int]
+    scale_batches: int  # issue 16's end-to-end scaling rows (drain only)
+    e2e_light_batches: int  # the light-load phase (200 commands/s)
 
 
-FULL = Sizes(5.0, 3000, 600, 1900, 800, 5000, 5000, 40, (1000, 50_000))
-QUICK = Sizes(2.0, 800, 150, 300, 150, 5000, 1500, 20, (1000, 5000))
+FULL = Sizes(5.0, 3000, 600, 1900, 800, 5000, 5000, 40, (1000, 50_000), 600, 100)
+QUICK = Sizes(2.0, 800, 150, 300, 150, 5000, 1500, 20, (1000, 5000), 150, 40)
 
 
 def new_settings(tag: str, **extra: str) -> Settings:
@@ -86,6 +88,58 @@ def rss_mib(pid: int | str = "self") -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of one process (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def pids_named(*names: str) -> list[int]:
+    """Every process whose command name is one of ``names`` (machine-wide)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                comm = (d / "comm").read_text().strip()
+            except OSError:
+                continue
+            if comm in names:
+                out.append(int(d.name))
+    return out
+
+
+class CpuMeter:
+    """CPU seconds per component between ``start()`` and ``stop()``. PostgreSQL and Redis
+    are counted machine-wide (every backend): other sessions' work on them counts too."""
+
+    def __init__(self, pids: dict[str, list[int]]) -> None:
+        self.pids = pids
+        self.before: dict[int, float] = {}
+
+    def _all(self) -> dict[str, list[int]]:
+        return {
+            **self.pids,
+            "postgres": pids_named("postgres"),
+            "redis": pids_named("redis-server"),
+            "benchmark": [os.getpid()],
+        }
+
+    def start(self) -> None:
+        self.before = {p: cpu_seconds(p) for ps in self._all().values() for p in ps}
+
+    def stop(self) -> dict[str, float]:
+        return {
+            name: sum(cpu_seconds(p) - self.before.get(p, 0.0) for p in ps)
+            for name, ps in self._all().items()
+        }
 
 
 def commands_of(scenario: Scenario) -> list[AnyCommand]:
