@@ -19,6 +19,7 @@ per inbound message, under the inbound ``traceparent``), ``decide`` and
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -86,7 +87,9 @@ def build_tracing(settings: Settings) -> Tracing:
 
     exporter: SpanExporter
     if settings.otel_traces_exporter == "console":
-        exporter = ConsoleSpanExporter()
+        # The SDK's default ``out`` is the sys.stdout of its import time: pass the
+        # current one (a process that redirected stdout since then writes there).
+        exporter = ConsoleSpanExporter(out=sys.stdout)
     else:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
