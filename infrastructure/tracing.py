@@ -18,14 +18,15 @@ per inbound message, under the inbound ``traceparent``), ``decide`` and
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from opentelemetry.context import Context
-from opentelemetry.trace import Tracer
+from opentelemetry.trace import Span, Status, StatusCode, Tracer
 
 from application.tracing import TRACEPARENT, TRACER_NAME, context_of
 from infrastructure.settings import Settings
@@ -138,3 +139,19 @@ def with_traceparent(
         return list(headers)
     kept = [(k, v) for k, v in headers if k not in _TRACE_HEADERS]
     return [*kept, (TRACEPARENT, traceparent.encode("ascii"))]
+
+
+@contextlib.contextmanager
+def ending(spans: Sequence[Span]) -> Iterator[None]:
+    """End every span in ``spans`` (a list the block may still add to) when the block
+    ends; when it raises, record the error on each of them first."""
+    try:
+        yield
+    except BaseException as error:
+        for span in spans:
+            span.record_exception(error)
+            span.set_status(Status(StatusCode.ERROR, type(error).__name__))
+        raise
+    finally:
+        for span in spans:
+            span.end()

@@ -61,7 +61,7 @@ from eventsourcing.persistence import IntegrityError, Notification, Tracking
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresTrackingRecorder
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import Span, SpanKind
 
 from application.tracing import context_of, traceparent_of
 from infrastructure import metrics
@@ -74,7 +74,7 @@ from infrastructure.postgres.recorder import traceparent_of_notification
 from infrastructure.postgres.store import ddl_lock
 from infrastructure.processes.follower import follow, run_blocking
 from infrastructure.settings import Settings
-from infrastructure.tracing import Tracing
+from infrastructure.tracing import Tracing, ending
 from projections.envelope import OutboundMessage, envelope_of
 
 log = logging.getLogger(__name__)
@@ -208,16 +208,8 @@ class Outbox:
         if parked is None:
             parked = await asyncio.to_thread(self.parking.batches)
         spans: list[Span] = []
-        try:
+        with ending(spans):
             await self._publish_page(page, parked, spans)
-        except BaseException as error:
-            for span in spans:
-                span.record_exception(error)
-                span.set_status(Status(StatusCode.ERROR, type(error).__name__))
-            raise
-        finally:
-            for span in spans:
-                span.end()
         metrics.OUTBOX_PUBLISH_SECONDS.observe(time.perf_counter() - started)
 
     def _message(self, notification: Notification, spans: list[Span]) -> OutboundMessage:

@@ -29,7 +29,7 @@ import time
 from collections.abc import Sequence
 
 from eventsourcing.persistence import Notification, Tracking
-from opentelemetry.trace import Span, Status, StatusCode
+from opentelemetry.trace import Span
 
 from application.service import BatchService
 from application.tracing import context_of
@@ -42,7 +42,7 @@ from infrastructure.processes.follower import follow, run_blocking
 from infrastructure.redis.rebuild import RebuildSummary, rebuild
 from infrastructure.redis.view import PositionLost, RedisSlotView
 from infrastructure.settings import Settings
-from infrastructure.tracing import Tracing
+from infrastructure.tracing import Tracing, ending
 from infrastructure.transient import TRANSIENT
 from projections.slot_view import VersionGap
 
@@ -223,16 +223,8 @@ class Projector:
         events = [(mapper.to_domain_event(n), Tracking(name, n.id)) for n in notifications]
         spans = self._spans(notifications) if self.tracer is not None else []
         started = time.perf_counter()
-        try:
+        with ending(spans):
             position = self.view.apply(events, after)
-        except BaseException as error:
-            for span in spans:
-                span.record_exception(error)
-                span.set_status(Status(StatusCode.ERROR, type(error).__name__))
-            raise
-        finally:
-            for span in spans:
-                span.end()
         metrics.PROJECTION_APPLY_SECONDS.observe(time.perf_counter() - started)
         self.applied = position
         return position

@@ -45,7 +45,7 @@ from infrastructure.kafka.inbound import parse_counted
 from infrastructure.kafka.undecodable import MAX_UNEXPLAINED, is_decode_error, scan_partition
 from infrastructure.logcontext import command_context
 from infrastructure.settings import Settings
-from infrastructure.tracing import Tracing, context_from_headers
+from infrastructure.tracing import Tracing, context_from_headers, ending
 from infrastructure.transient import TRANSIENT, DependencyDown, is_transient, store_writable
 
 log = logging.getLogger("batchslot.worker")
@@ -178,7 +178,7 @@ class Worker:
         self.in_hand = sum(len(ms) for ms in records.values())
         commands, sources, contexts, dead = [], [], [], []
         spans: list[Span] = []
-        try:
+        with ending(spans):
             for tp, messages in records.items():
                 for message in messages:
                     ctx, span = self._consume_context(message)
@@ -210,14 +210,6 @@ class Worker:
                     dead.append(DeadLetter(message, reason, result.detail or "", _tp(span, ctx)))
             await send_dead_letters(producer, self.settings.topics.dlq, dead, stop)
             await self._commit(consumer, records)
-        except BaseException as error:
-            for span in spans:
-                span.record_exception(error)
-                span.set_status(Status(StatusCode.ERROR, type(error).__name__))
-            raise
-        finally:
-            for span in spans:
-                span.end()
         self.handled, self.in_hand = self.handled + self.in_hand, 0
         self._next.update({tp: ms[-1].offset + 1 for tp, ms in records.items() if ms})
         return PollOutcome(len(commands), len(dead))
