@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -22,6 +23,30 @@ def kafka_settings(broker: LocalBroker, **extra: str) -> Settings:
     return make_settings(
         KAFKA_BOOTSTRAP_SERVERS=broker.bootstrap_servers, **topic_env(new_tag(8)), **extra
     )
+
+
+def service_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment of a service process (``batchctl ...``) run on ``settings``: its
+    database schema, Redis prefix, broker, group and topics, none of them inherited
+    from the caller's environment; ``extra`` adds or overrides (a proxied URL, bounds)."""
+    servers = ("DATABASE_", "REDIS_", "KAFKA_", "TOPIC_")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(servers)}
+    t = settings.topics
+    env.update(
+        DATABASE_URL=settings.database_url.get_secret_value(),
+        DATABASE_SCHEMA=settings.database_schema,
+        REDIS_URL=settings.redis_url.get_secret_value(),
+        REDIS_KEY_PREFIX=settings.redis_key_prefix,
+        KAFKA_BOOTSTRAP_SERVERS=settings.kafka_bootstrap_servers,
+        KAFKA_CONSUMER_GROUP=settings.kafka_consumer_group,
+        TOPIC_BATCH_REGISTERED=t.registered,
+        TOPIC_CONTENT_PROVISIONED=t.provisioned,
+        TOPIC_VALIDATION_FAILED=t.failed,
+        TOPIC_BATCH_EVENTS=t.events,
+        TOPIC_DLQ=t.dlq,
+    )
+    env.update(extra)
+    return env
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import signal
 import subprocess
@@ -30,7 +29,7 @@ import pytest
 from infrastructure.kafka.local_broker import free_port
 from infrastructure.settings import Settings
 from tests.conftest import TEST_DATABASE_URL, TEST_REDIS_URL
-from tests.e2e.conftest import produce
+from tests.e2e.conftest import produce, service_env
 from tests.support.proxy import ProxyThread
 from tests.support.scenario import Message, content, envelope, registration
 
@@ -91,27 +90,20 @@ def start(
     settings: Settings, tmp_path: Path, database_url: str, **extra: str
 ) -> Process:
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "REDIS_"))}
-    env.update(
-        DATABASE_URL=database_url,
-        DATABASE_SCHEMA=settings.database_schema,
-        REDIS_URL=TEST_REDIS_URL,
-        REDIS_KEY_PREFIX=settings.redis_key_prefix,
-        KAFKA_BOOTSTRAP_SERVERS=settings.kafka_bootstrap_servers,
-        KAFKA_CONSUMER_GROUP=settings.kafka_consumer_group,
-        TOPIC_BATCH_REGISTERED=settings.topics.registered,
-        TOPIC_CONTENT_PROVISIONED=settings.topics.provisioned,
-        TOPIC_VALIDATION_FAILED=settings.topics.failed,
-        TOPIC_BATCH_EVENTS=settings.topics.events,
-        TOPIC_DLQ=settings.topics.dlq,
-        METRICS_PORT=str(port),
-        LOG_LEVEL="INFO",
-        DATABASE_CONNECT_TIMEOUT_SECONDS="2",
-        DATABASE_STATEMENT_TIMEOUT_SECONDS="3",
-        DATABASE_CALL_TIMEOUT_SECONDS="4",
-        READYZ_PROBE_TIMEOUT_SECONDS="1",
-        READYZ_CACHE_SECONDS="0.5",
-        **extra,
+    env = service_env(
+        settings,
+        **{
+            "DATABASE_URL": database_url,
+            "REDIS_URL": TEST_REDIS_URL,
+            "METRICS_PORT": str(port),
+            "LOG_LEVEL": "INFO",
+            "DATABASE_CONNECT_TIMEOUT_SECONDS": "2",
+            "DATABASE_STATEMENT_TIMEOUT_SECONDS": "3",
+            "DATABASE_CALL_TIMEOUT_SECONDS": "4",
+            "READYZ_PROBE_TIMEOUT_SECONDS": "1",
+            "READYZ_CACHE_SECONDS": "0.5",
+            **extra,
+        },
     )
     log_path = tmp_path / "service.log"
     with open(log_path, "ab") as log:

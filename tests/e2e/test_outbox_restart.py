@@ -28,31 +28,14 @@ from infrastructure.processes.outbox import Outbox
 from infrastructure.settings import Settings
 from projections.envelope import event_id_of
 from tests.conftest import drop_redis_prefix, drop_schema
-from tests.e2e.conftest import kafka_settings
+from tests.e2e.conftest import kafka_settings, service_env
 
 ROOT = Path(__file__).resolve().parents[2]
 REPUBLISHED_PER_RESTART = 250  # one page (Outbox.page_size): the figure docs/faults.md states
 
 
 def process_env(s: Settings) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("DATABASE_", "REDIS_", "KAFKA_", "TOPIC_"))
-    }
-    env.update(
-        DATABASE_URL=s.database_url.get_secret_value(),
-        DATABASE_SCHEMA=s.database_schema,
-        REDIS_URL=s.redis_url.get_secret_value(),
-        REDIS_KEY_PREFIX=s.redis_key_prefix,
-        KAFKA_BOOTSTRAP_SERVERS=s.kafka_bootstrap_servers,
-        TOPIC_BATCH_REGISTERED=s.topics.registered,
-        TOPIC_CONTENT_PROVISIONED=s.topics.provisioned,
-        TOPIC_VALIDATION_FAILED=s.topics.failed,
-        TOPIC_BATCH_EVENTS=s.topics.events,
-        TOPIC_DLQ=s.topics.dlq,
-    )
-    return env
+    return service_env(s)
 
 
 def start_outbox(s: Settings) -> subprocess.Popen[bytes]:

@@ -38,7 +38,7 @@ from infrastructure.kafka.local_broker import LocalBroker
 from infrastructure.redis.keys import summary_key
 from infrastructure.settings import Settings
 from tests.conftest import TEST_DATABASE_URL, TEST_REDIS_URL, drop_redis_prefix, drop_schema
-from tests.e2e.conftest import consume, kafka_settings, produce
+from tests.e2e.conftest import consume, kafka_settings, produce, service_env
 from tests.support.proxy import ProxyThread
 from tests.support.scenario import Scenario, content, generate, registration
 
@@ -119,19 +119,11 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
     asyncio.run(ensure_topics(settings))
     dbname = urlsplit(TEST_DATABASE_URL).path.lstrip("/")
     redis_db = urlsplit(TEST_REDIS_URL).path.lstrip("/") or "0"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "REDIS_"))}
-    env.update(
+    env = service_env(
+        settings,
         DATABASE_URL=f"postgresql://postgres@127.0.0.1:{proxies['postgres'].port}/{dbname}",
-        DATABASE_SCHEMA=settings.database_schema,
         REDIS_URL=f"redis://127.0.0.1:{proxies['redis'].port}/{redis_db}",
-        REDIS_KEY_PREFIX=settings.redis_key_prefix,
         KAFKA_BOOTSTRAP_SERVERS=proxies["kafka"].address,
-        KAFKA_CONSUMER_GROUP=settings.kafka_consumer_group,
-        TOPIC_BATCH_REGISTERED=settings.topics.registered,
-        TOPIC_CONTENT_PROVISIONED=settings.topics.provisioned,
-        TOPIC_VALIDATION_FAILED=settings.topics.failed,
-        TOPIC_BATCH_EVENTS=settings.topics.events,
-        TOPIC_DLQ=settings.topics.dlq,
         SWEEP_INTERVAL_SECONDS="2",
         LOG_LEVEL="INFO",
         **TIMEOUTS,

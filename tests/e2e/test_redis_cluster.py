@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -32,7 +31,7 @@ from infrastructure.redis.keys import tracking_key
 from infrastructure.redis.view import APPLICATION_NAME, RedisSlotView
 from infrastructure.settings import Settings
 from tests.conftest import drop_redis_prefix, drop_schema
-from tests.e2e.conftest import consume, kafka_settings, produce
+from tests.e2e.conftest import consume, kafka_settings, produce, service_env
 from tests.support.redis_cluster import LocalRedisCluster
 from tests.support.scenario import Scenario, generate
 
@@ -40,26 +39,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _env(settings: Settings, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "REDIS_"))}
-    env.update(
-        DATABASE_URL=settings.database_url.get_secret_value(),
-        DATABASE_SCHEMA=settings.database_schema,
-        REDIS_URL=settings.redis_url.get_secret_value(),
-        REDIS_KEY_PREFIX=settings.redis_key_prefix,
-        KAFKA_BOOTSTRAP_SERVERS=settings.kafka_bootstrap_servers,
-        KAFKA_CONSUMER_GROUP=settings.kafka_consumer_group,
-        TOPIC_BATCH_REGISTERED=settings.topics.registered,
-        TOPIC_CONTENT_PROVISIONED=settings.topics.provisioned,
-        TOPIC_VALIDATION_FAILED=settings.topics.failed,
-        TOPIC_BATCH_EVENTS=settings.topics.events,
-        TOPIC_DLQ=settings.topics.dlq,
-        # Short bounds: a call to the killed primary is given up within seconds.
-        REDIS_SOCKET_TIMEOUT_SECONDS="2",
-        REDIS_CONNECT_TIMEOUT_SECONDS="1",
-        LOG_LEVEL="INFO",
-    )
-    env.update(extra)
-    return env
+    # Short bounds: a call to the killed primary is given up within seconds.
+    bounds = {"REDIS_SOCKET_TIMEOUT_SECONDS": "2", "REDIS_CONNECT_TIMEOUT_SECONDS": "1"}
+    return service_env(settings, **{**bounds, "LOG_LEVEL": "INFO", **extra})
 
 
 def _batchctl(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
