@@ -30,7 +30,7 @@ from typing import Any
 from aiokafka import TopicPartition
 
 from infrastructure.cli.errors import DependencyUnavailable
-from infrastructure.kafka.clients import make_consumer, make_producer
+from infrastructure.kafka.clients import make_consumer, make_producer, stop_consumer
 from infrastructure.kafka.dlq import DLQ_MAX_REQUEST_BYTES
 from infrastructure.postgres.redrives import Redrive, RedriveLog
 from infrastructure.settings import Settings
@@ -189,7 +189,7 @@ async def read_letters(
             async for letter in _read_partition(consumer, tp, ends[tp], limit, scan):
                 yield letter
     finally:
-        await consumer.stop()
+        await stop_consumer(consumer)
 
 
 async def _read_partition(

@@ -39,7 +39,7 @@ from application.service import BatchService, Result
 from application.tracing import traceparent_of
 from infrastructure import metrics
 from infrastructure.health.metering import observe_recorded
-from infrastructure.kafka.clients import MAX_POLL_RECORDS, KafkaClients
+from infrastructure.kafka.clients import MAX_POLL_RECORDS, KafkaClients, stop_consumer
 from infrastructure.kafka.dlq import DLQ_MAX_REQUEST_BYTES, DeadLetter, send_dead_letters
 from infrastructure.kafka.inbound import parse_counted
 from infrastructure.kafka.undecodable import MAX_UNEXPLAINED, is_decode_error, scan_partition
@@ -148,7 +148,7 @@ class Worker:
             with contextlib.suppress(Exception):  # best effort: re-delivery is harmless
                 async with self._lock:
                     await self._flush_commits(consumer)
-            await consumer.stop()
+            await stop_consumer(consumer)
             await producer.stop()
             log.info("worker stopped")
 

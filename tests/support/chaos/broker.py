@@ -8,7 +8,7 @@ from typing import Any
 
 from aiokafka.errors import KafkaError
 
-from infrastructure.kafka.clients import make_consumer, make_producer
+from infrastructure.kafka.clients import make_consumer, make_producer, stop_consumer
 from infrastructure.settings import Settings
 from tests.support.chaos.common import console
 from tests.support.scenario import Message
@@ -66,7 +66,7 @@ class EventsTap:
                 console.print(f"[dim]events tap reconnecting ({type(e).__name__})[/]")
                 await asyncio.sleep(1)
             finally:
-                await consumer.stop()
+                await stop_consumer(consumer)
 
 
 async def produce(settings: Settings, messages: list[Message], seconds: float) -> int:
