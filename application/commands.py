@@ -15,6 +15,7 @@ MAX_SLOTS = 5000
 Identifier = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:-]{1,128}$", strict=True)]
 FileName = Annotated[str, StringConstraints(max_length=255, strict=True)]
 ErrorCode = Annotated[str, StringConstraints(min_length=1, max_length=128, strict=True)]
+ShortText = Annotated[str, StringConstraints(max_length=255, strict=True)]
 CorrelationId = Annotated[str, StringConstraints(min_length=1, max_length=128, strict=True)]
 
 
@@ -35,6 +36,9 @@ class RegisterBatch(Command):
     essay_ids: Annotated[
         list[Identifier], Field(min_length=1, max_length=MAX_SLOTS), AfterValidator(_distinct)
     ]
+    # Who the batch is for (recorded with the registration; HuleEdu's completion needs both).
+    course_code: ShortText | None = None
+    user_id: ShortText | None = None
 
 
 class ProvisionContent(Command):

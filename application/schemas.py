@@ -27,6 +27,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, create_model
 from application.commands import MAX_SLOTS, ErrorCode, FileName, Identifier
 from application.messages import (
     EVENT_TYPE_OF,
+    HULEEDU_EVENT_TYPE_OF,
     BatchEssaysRegisteredData,
     Envelope,
     EssayContentProvisionedData,
@@ -55,11 +56,12 @@ _DATA_OF: dict[TopicKind, type[BaseModel]] = {
 
 def _inbound_model(kind: TopicKind) -> type[BaseModel]:
     """The whole inbound message of one topic: the reader's envelope with this topic's
-    ``event_type``, schema version 1 and ``data`` model."""
+    ``event_type`` (the native name or HuleEdu's topic name), schema version 1 and
+    ``data`` model (both shapes, CONTRACT §7)."""
     fields: dict[str, Any] = {
         name: (info.annotation, info) for name, info in Envelope.model_fields.items()
     }
-    fields["event_type"] = (Literal[EVENT_TYPE_OF[kind]], ...)
+    fields["event_type"] = (Literal[EVENT_TYPE_OF[kind], HULEEDU_EVENT_TYPE_OF[kind]], ...)
     fields["schema_version"] = (Literal[1], ...)
     fields["data"] = (_DATA_OF[kind], ...)
     model: type[BaseModel] = create_model(

@@ -413,7 +413,14 @@ def apply_command(
     cid = command.correlation_id
     match command:
         case RegisterBatch():
-            batch.register(list(command.essay_ids), now, timeout_seconds, cid)
+            batch.register(
+                list(command.essay_ids),
+                now,
+                timeout_seconds,
+                cid,
+                course_code=command.course_code,
+                user_id=command.user_id,
+            )
         case ProvisionContent():
             batch.provision_content(
                 command.text_storage_id,

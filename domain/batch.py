@@ -210,11 +210,19 @@ class Batch(Aggregate):
     # -------------------------------------------------------------- decisions
 
     def register(
-        self, essay_ids: list[str], now: datetime, timeout_seconds: int, correlation_id: str
+        self,
+        essay_ids: list[str],
+        now: datetime,
+        timeout_seconds: int,
+        correlation_id: str,
+        course_code: str | None = None,
+        user_id: str | None = None,
     ) -> None:
-        """Open the batch with its ordered slots, then place pending content.
+        """Open the batch with its ordered slots (and, when given, whose batch it is:
+        ``course_code`` and ``user_id``), then place pending content.
 
-        The same registration again changes nothing; different slots are refused.
+        The same slots again change nothing (the first registration's course code and
+        user stand); different slots are refused.
         """
         if not essay_ids or len(set(essay_ids)) != len(essay_ids):
             raise InvalidRegistration(self._batch_id, "essay_ids must be non-empty and distinct")
@@ -230,6 +238,8 @@ class Batch(Aggregate):
             essay_ids=list(essay_ids),
             expected_count=len(essay_ids),
             deadline=deadline,
+            course_code=course_code,
+            user_id=user_id,
             correlation_id=correlation_id,
             timestamp=now,
         )
@@ -395,13 +405,35 @@ class Batch(Aggregate):
 
     # ------------------------------------------------- facts (events applied)
 
-    @event("BatchRegistered")
+    class BatchRegistered(Event):
+        """The batch opened with its ordered slots.
+
+        Version 2 added ``course_code`` and ``user_id`` (whose batch it is); a stored
+        version 1 event names neither.
+        """
+
+        class_version = 2
+        batch_id: str
+        essay_ids: list[str]
+        expected_count: int
+        deadline: datetime
+        course_code: str | None
+        user_id: str | None
+        correlation_id: str
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            state["course_code"] = state["user_id"] = None
+
+    @event(BatchRegistered)
     def _registered(
         self,
         batch_id: str,
         essay_ids: list[str],
         expected_count: int,
         deadline: datetime,
+        course_code: str | None,
+        user_id: str | None,
         correlation_id: str,
         timestamp: datetime,
     ) -> None:

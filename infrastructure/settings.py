@@ -14,6 +14,9 @@ from urllib.parse import quote, unquote_plus, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
+from application.messages import HULEEDU_EVENT_TYPE_OF, WireProfile
+from projections.huleedu import HuleEduTopics
+
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/batchslot"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_KAFKA = "127.0.0.1:9092"
@@ -26,6 +29,13 @@ class SettingsError(ValueError):
     """A setting is missing or invalid; the message names the variable."""
 
 
+# WIRE_PROFILE=huleedu (CONTRACT §7): HuleEdu's inbound topic names are the defaults.
+HULEEDU_INBOUND = {
+    kind: HULEEDU_EVENT_TYPE_OF[kind] for kind in ("registered", "provisioned", "failed")
+}
+HULEEDU_SOURCE_SERVICE = "essay-lifecycle-service"
+
+
 class Topics(BaseModel):
     model_config = ConfigDict(frozen=True)
     registered: str = "batch.essays.registered.v1"
@@ -33,6 +43,18 @@ class Topics(BaseModel):
     failed: str = "essay.validation.failed.v1"
     events: str = "batch.events.v1"
     dlq: str = "batch.dlq.v1"
+    # Published only with WIRE_PROFILE=huleedu (projections/huleedu.py).
+    huleedu_completed: str = HuleEduTopics.completed
+    huleedu_slot_assigned: str = HuleEduTopics.slot_assigned
+    huleedu_excess: str = HuleEduTopics.excess
+
+    @property
+    def huleedu(self) -> HuleEduTopics:
+        return HuleEduTopics(
+            completed=self.huleedu_completed,
+            slot_assigned=self.huleedu_slot_assigned,
+            excess=self.huleedu_excess,
+        )
 
     @property
     def inbound(self) -> tuple[str, str, str]:
@@ -94,6 +116,9 @@ class Settings(BaseModel):
     # How long a fetch may wait at the broker for data (infrastructure/kafka/clients.py).
     kafka_fetch_max_wait_ms: int = Field(default=10, ge=1, le=10_000)
     topics: Topics = Topics()
+    # Which wire the service speaks besides its own (CONTRACT §7): "huleedu" makes
+    # HuleEdu's inbound topics the defaults and publishes HuleEdu's outbound events.
+    wire_profile: WireProfile = "native"
     batch_timeout_seconds: int = Field(default=86400, ge=1)
     pending_ttl_seconds: int = Field(default=86400, ge=1)
     sweep_interval_seconds: float = Field(default=30.0, gt=0)
@@ -115,6 +140,17 @@ class Settings(BaseModel):
     otel_traces_exporter: Literal["none", "otlp", "console"] = "none"
     otel_traces_endpoint: str | None = None  # the OTLP/HTTP traces URL (exporter "otlp")
     otel_service_name: str | None = None  # default: SOURCE_SERVICE
+
+    @property
+    def huleedu_topics(self) -> HuleEduTopics | None:
+        """HuleEdu's outbound topics, published to with WIRE_PROFILE=huleedu only."""
+        return self.topics.huleedu if self.wire_profile == "huleedu" else None
+
+    @property
+    def all_topics(self) -> tuple[str, ...]:
+        """Every topic the service reads or writes (created when missing)."""
+        extra = self.huleedu_topics
+        return (*self.topics.all, *(extra.all if extra else ()))
 
     @property
     def tracing_enabled(self) -> bool:
@@ -304,6 +340,7 @@ _ENV: dict[str, str] = {
     "READYZ_CACHE_SECONDS": "readyz_cache_seconds",
     "PENDING_AGE_INTERVAL_SECONDS": "pending_age_interval_seconds",
     "LOG_LEVEL": "log_level",
+    "WIRE_PROFILE": "wire_profile",
 }
 _TOPIC_ENV = {
     "TOPIC_BATCH_REGISTERED": "registered",
@@ -311,6 +348,9 @@ _TOPIC_ENV = {
     "TOPIC_VALIDATION_FAILED": "failed",
     "TOPIC_BATCH_EVENTS": "events",
     "TOPIC_DLQ": "dlq",
+    "TOPIC_HULEEDU_COMPLETED": "huleedu_completed",
+    "TOPIC_HULEEDU_SLOT_ASSIGNED": "huleedu_slot_assigned",
+    "TOPIC_HULEEDU_EXCESS": "huleedu_excess",
 }
 
 
@@ -323,6 +363,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         if value:
             fields[field] = value
     topics = {f: env[v].strip() for v, f in _TOPIC_ENV.items() if env.get(v, "").strip()}
+    if fields.get("wire_profile") == "huleedu":
+        topics = {**HULEEDU_INBOUND, **topics}
+        fields.setdefault("source_service", HULEEDU_SOURCE_SERVICE)
     if topics:
         fields["topics"] = Topics(**topics)
     fields["kafka_bootstrap_explicit"] = bool(env.get("KAFKA_BOOTSTRAP_SERVERS", "").strip())

@@ -24,6 +24,8 @@ SCHEMA_VERSION = 1
 
 # event_type -> the `data` fields of CONTRACT §3, in the contract's order.
 DATA_FIELDS: Mapping[str, tuple[str, ...]] = {
+    # The stored event also keeps course_code and user_id (HuleEdu's completion needs
+    # them); the native envelope is unchanged.
     "BatchRegistered": ("batch_id", "essay_ids", "expected_count", "deadline"),
     "ContentPended": ("batch_id", "text_storage_id", "file_upload_id", "original_file_name"),
     "SlotAssigned": (
@@ -66,13 +68,18 @@ class UnknownEventType(ValueError):
 
 @dataclass(frozen=True)
 class OutboundMessage:
-    """One Kafka record: key = batch_id, value = the JSON envelope, contract headers."""
+    """One Kafka record: key = batch_id, value = the JSON envelope, contract headers.
+
+    ``topic`` None: the events topic (``batch.events.v1``); otherwise the topic it
+    goes to (HuleEdu's, ``projections/huleedu.py``).
+    """
 
     key: bytes
     value: bytes
     headers: list[tuple[str, bytes]]
     event_id: str
     event_type: str
+    topic: str | None = None
 
 
 def event_id_of(originator_id: UUID, version: int) -> UUID:
@@ -87,15 +94,16 @@ def rfc3339(value: datetime) -> str:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-def _json_value(value: Any) -> Any:
+def json_value(value: Any) -> Any:
+    """A stored event's value as JSON: datetimes RFC 3339, UUIDs as text."""
     if isinstance(value, datetime):
         return rfc3339(value)
     if isinstance(value, UUID):
         return str(value)
     if isinstance(value, Mapping):
-        return {str(k): _json_value(v) for k, v in value.items()}
+        return {str(k): json_value(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_json_value(v) for v in value]
+        return [json_value(v) for v in value]
     return value
 
 
@@ -117,7 +125,7 @@ def envelope_dict(event: Any, source_service: str) -> dict[str, Any]:
         "source_service": source_service,
         "correlation_id": facts["correlation_id"],
         "schema_version": SCHEMA_VERSION,
-        "data": {name: _json_value(facts[name]) for name in DATA_FIELDS[event_type]},
+        "data": {name: json_value(facts[name]) for name in DATA_FIELDS[event_type]},
     }
 
 

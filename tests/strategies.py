@@ -50,6 +50,8 @@ def registrations(batch_id: str) -> st.SearchStrategy[RegisterBatch]:
         batch_id=st.just(batch_id),
         correlation_id=correlation_ids,
         essay_ids=essay_id_lists,
+        course_code=st.none() | st.sampled_from(["ENG5", "SV1"]),
+        user_id=st.none() | st.just("user-1"),
     )
 
 

@@ -150,7 +150,7 @@ async def stop_consumer(consumer: AIOKafkaConsumer) -> None:
 
 
 async def ensure_topics(settings: Settings) -> list[str]:
-    """Create every missing topic of ``settings.topics.all``; return those created.
+    """Create every missing topic of ``settings.all_topics``; return those created.
 
     Idempotent: existing topics are left as they are (partition counts are not
     changed). Replication factor: the number of brokers, at most 3.
@@ -159,7 +159,7 @@ async def ensure_topics(settings: Settings) -> list[str]:
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        missing = [t for t in settings.topics.all if t not in existing]
+        missing = [t for t in settings.all_topics if t not in existing]
         if not missing:
             return []
         brokers = len((await admin.describe_cluster())["brokers"])

@@ -10,20 +10,21 @@ from __future__ import annotations
 
 import logging
 
-from application.commands import AnyCommand
-from application.messages import Parsed, TopicKind, parse_inbound
+from application.messages import Parsed, TopicKind, WireProfile, parse_inbound
 from infrastructure import metrics
 
 log = logging.getLogger("batchslot.inbound")
 MAX_NAMES_LOGGED = 20
 
 
-def parse_counted(kind: TopicKind, topic: str, value: bytes | None) -> AnyCommand:
-    """The message's command (or InvalidMessage), its ignored fields counted and logged."""
-    parsed = parse_inbound(kind, value)
+def parse_counted(
+    kind: TopicKind, topic: str, value: bytes | None, profile: WireProfile = "native"
+) -> Parsed:
+    """The message parsed (or InvalidMessage), its ignored fields counted and logged."""
+    parsed = parse_inbound(kind, value, profile)
     if parsed.ignored:
         count_ignored(topic, parsed)
-    return parsed.command
+    return parsed
 
 
 def count_ignored(topic: str, parsed: Parsed) -> None:

@@ -49,6 +49,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 from uuid import UUID
@@ -57,6 +58,7 @@ from aiokafka import errors as kafka_errors
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from eventsourcing.application import Application
+from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.persistence import IntegrityError, Notification, Tracking
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresTrackingRecorder
 from opentelemetry import trace
@@ -68,6 +70,7 @@ from infrastructure import metrics
 from infrastructure.bootstrap import Bootstrap
 from infrastructure.kafka.clients import KafkaClients, producer_kwargs
 from infrastructure.postgres import timeouts as pg_timeouts
+from infrastructure.postgres.completions import CompletionFacts
 from infrastructure.postgres.listen import Listener
 from infrastructure.postgres.parking import ParkingLot
 from infrastructure.postgres.recorder import traceparent_of_notification
@@ -76,6 +79,7 @@ from infrastructure.processes.follower import follow, run_blocking
 from infrastructure.settings import Settings
 from infrastructure.tracing import Tracing, ending
 from projections.envelope import OutboundMessage, envelope_of
+from projections.huleedu import Completion, MissingOwner, huleedu_messages, needs_completion
 
 log = logging.getLogger(__name__)
 TRACKING_TABLE = "outbox_tracking"
@@ -97,15 +101,21 @@ REFUSALS: tuple[type[BaseException], ...] = tuple(
 
 
 class _Progress:
-    """Which events of a page are done (acknowledged or parked); the done prefix."""
+    """Which events of a page are done (each of their records acknowledged or parked);
+    the done prefix. ``ids`` has one entry per record: an event with records on two
+    topics (WIRE_PROFILE=huleedu) is done when both are."""
 
     def __init__(self, ids: list[int]) -> None:
-        self.ids = ids
+        self.ids = list(dict.fromkeys(ids))  # each event once, in notification order
+        self._left = Counter(ids)  # records not yet done, per event
         self.done: set[int] = set()
         self.count = 0  # length of the done prefix
 
     def mark(self, ids: Iterable[int]) -> None:
-        self.done.update(ids)
+        for nid in ids:
+            self._left[nid] -= 1
+            if self._left[nid] <= 0:
+                self.done.add(nid)
         while self.count < len(self.ids) and self.ids[self.count] in self.done:
             self.count += 1
 
@@ -165,6 +175,10 @@ class Outbox:
         )
         self.parking = ParkingLot(app.recorder, app.name)
         self.parking.create_table()
+        # WIRE_PROFILE=huleedu: HuleEdu's events too (projections/huleedu.py).
+        self.huleedu = settings.huleedu_topics
+        self._completion_facts = CompletionFacts(app.recorder)
+        self._unannounced: set[str] = set()  # batches whose completion HuleEdu cannot get
         self._refusals = 0  # pages refused in a row (a record the broker will never take)
         self._recorded = 0  # the position this outbox last recorded
         self._recorded_at = 0.0
@@ -212,11 +226,18 @@ class Outbox:
             await self._publish_page(page, parked, spans)
         metrics.OUTBOX_PUBLISH_SECONDS.observe(time.perf_counter() - started)
 
-    def _message(self, notification: Notification, spans: list[Span]) -> OutboundMessage:
-        """The record of a stored event, with its trace context (a ``publish`` span's,
-        added to ``spans``, when tracing is on)."""
-        event = self._app.mapper.to_domain_event(notification)
+    def _messages(
+        self,
+        notification: Notification,
+        event: DomainEventProtocol[UUID],
+        spans: list[Span],
+        completions: Mapping[UUID, Completion],
+    ) -> list[OutboundMessage]:
+        """The records of a stored event, with its trace context (a ``publish`` span's,
+        added to ``spans``, when tracing is on): its ``batch.events.v1`` record, then
+        HuleEdu's (WIRE_PROFILE=huleedu)."""
         traceparent = traceparent_of_notification(notification)
+        span: Span | None = None
         if self.tracer is not None:
             parent = context_of({"traceparent": traceparent}) if traceparent else None
             span = self.tracer.start_span(
@@ -233,16 +254,72 @@ class Outbox:
             )
             spans.append(span)
             traceparent = traceparent_of(trace.set_span_in_context(span, Context()))
-            message = envelope_of(event, self.settings.source_service, traceparent)
+        message = envelope_of(event, self.settings.source_service, traceparent)
+        if span is not None:
             span.set_attribute("messaging.message.id", message.event_id)
             span.set_attribute("batch_slot.batch_id", message.key.decode())
-            return message
-        return envelope_of(event, self.settings.source_service, traceparent)
+        if self.huleedu is None:
+            return [message]
+        return [message, *self._huleedu_messages(event, traceparent, completions)]
+
+    def _huleedu_messages(
+        self,
+        event: DomainEventProtocol[UUID],
+        traceparent: str | None,
+        completions: Mapping[UUID, Completion],
+    ) -> list[OutboundMessage]:
+        assert self.huleedu is not None
+        try:
+            return huleedu_messages(
+                event,
+                self.huleedu,
+                self.settings.source_service,
+                traceparent,
+                completions.get(event.originator_id),
+            )
+        except MissingOwner as e:  # registered without course code or user (never in
+            batch_id = str(getattr(event, "batch_id", "?"))  # this profile's reader)
+            if batch_id not in self._unannounced:
+                self._unannounced.add(batch_id)
+                log.warning("outbox: no HuleEdu completion for %s (%s)", batch_id, e)
+            return []
+
+    async def _completions(
+        self, events: Sequence[DomainEventProtocol[UUID]]
+    ) -> dict[UUID, Completion]:
+        """The registration and parts of every batch a page completes (HuleEdu's
+        completion needs them; one query, only for pages that complete batches)."""
+        if self.huleedu is None:
+            return {}
+        ids = {e.originator_id for e in events if needs_completion(e)}
+        if not ids:
+            return {}
+        stored = await asyncio.to_thread(self._completion_facts.stored, ids)
+        completions: dict[UUID, Completion] = {}
+        for originator_id, rows in stored.items():
+            facts = [self._app.mapper.to_domain_event(row) for row in rows]
+            registrations = [f for f in facts if type(f).__name__ == "BatchRegistered"]
+            parts = [f for f in facts if type(f).__name__ == "BatchCompleted"]
+            if registrations:
+                completions[originator_id] = Completion(registrations[0], parts)
+        return completions
+
+    async def _page_messages(
+        self, page: Sequence[Notification], spans: list[Span]
+    ) -> list[tuple[int, OutboundMessage]]:
+        """Every record of a page, in notification order, with its notification id."""
+        events = [self._app.mapper.to_domain_event(n) for n in page]
+        completions = await self._completions(events)
+        return [
+            (n.id, m)
+            for n, e in zip(page, events, strict=True)
+            for m in self._messages(n, e, spans, completions)
+        ]
 
     async def _publish_page(
         self, page: Sequence[Notification], parked: set[str], spans: list[Span]
     ) -> None:
-        items = [(n.id, self._message(n, spans)) for n in page]
+        items = await self._page_messages(page, spans)
         progress = _Progress([nid for nid, _ in items])
         held = [(nid, m) for nid, m in items if m.key.decode() in parked]
         if held:  # later events of a batch with parked events wait behind them
@@ -289,19 +366,28 @@ class Outbox:
         self, items: list[tuple[int, OutboundMessage]], progress: _Progress, *, isolate: bool
     ) -> None:
         producer = await self._started_producer()
-        partitions = sorted(await producer.partitions_for(self.topic))
-        by_partition: dict[int, list[tuple[int, OutboundMessage]]] = {}
+        if isolate:  # one record at a time, in notification order, across every topic
+            await self._send_isolated(producer, items, progress)
+            return
+        by_partition: dict[tuple[str, int], list[tuple[int, OutboundMessage]]] = {}
         for item in items:
-            p = self._partitioner(item[1].key, partitions, partitions)
-            by_partition.setdefault(p, []).append(item)
-        send = self._send_isolated if isolate else self._send_partition
+            by_partition.setdefault(await self._destination(producer, item[1]), []).append(item)
         results = await asyncio.gather(
-            *(send(producer, p, part, progress) for p, part in by_partition.items()),
+            *(
+                self._send_partition(producer, topic, p, part, progress)
+                for (topic, p), part in by_partition.items()
+            ),
             return_exceptions=True,
         )
         for result in results:
             if isinstance(result, BaseException):
                 raise result
+
+    async def _destination(self, producer: Any, m: OutboundMessage) -> tuple[str, int]:
+        """The record's topic and partition (by key, as Kafka's default partitioner)."""
+        topic = m.topic or self.topic
+        partitions = sorted(await producer.partitions_for(topic))
+        return topic, self._partitioner(m.key, partitions, partitions)
 
     def _check_size(self, m: OutboundMessage) -> None:
         """The producer's own limit (aiokafka checks it in send(), not in send_batch())."""
@@ -315,6 +401,7 @@ class Outbox:
     async def _send_partition(
         self,
         producer: Any,
+        topic: str,
         partition: int,
         items: list[tuple[int, OutboundMessage]],
         progress: _Progress,
@@ -328,24 +415,24 @@ class Outbox:
                 full
                 or batch.append(key=m.key, value=m.value, timestamp=None, headers=m.headers) is None
             ):
-                await (await producer.send_batch(batch, self.topic, partition=partition))
+                await (await producer.send_batch(batch, topic, partition=partition))
                 progress.mark(ids)
                 await self._checkpoint(progress)
                 batch, ids = producer.create_batch(), []  # the first record always fits
                 batch.append(key=m.key, value=m.value, timestamp=None, headers=m.headers)
             ids.append(nid)
-        await (await producer.send_batch(batch, self.topic, partition=partition))
+        await (await producer.send_batch(batch, topic, partition=partition))
         progress.mark(ids)
         await self._checkpoint(progress)
 
     async def _send_isolated(
         self,
         producer: Any,
-        partition: int,
         items: list[tuple[int, OutboundMessage]],
         progress: _Progress,
     ) -> None:
-        """One record per request: park each refused record and the rest of its batch."""
+        """One record per request: park each refused record's event and the rest of its
+        batch (its other records are sent again with it when it is retried)."""
         parked: dict[str, str] = {}  # batch_id -> why
         for nid, m in items:
             batch_id = m.key.decode()
@@ -354,7 +441,7 @@ class Outbox:
                 progress.mark([nid])
                 continue
             try:
-                await self._send_one(producer, partition, m)
+                await self._send_one(producer, m)
             except REFUSALS as refusal:
                 reason = f"{type(refusal).__name__}: {refusal}"[:1000]
                 metrics.OUTBOX_REFUSED.labels(type(refusal).__name__).inc()
@@ -373,11 +460,12 @@ class Outbox:
             progress.mark([nid])
             await self._checkpoint(progress)
 
-    async def _send_one(self, producer: Any, partition: int, m: OutboundMessage) -> None:
+    async def _send_one(self, producer: Any, m: OutboundMessage) -> None:
         self._check_size(m)
+        topic, partition = await self._destination(producer, m)
         batch = producer.create_batch()
         batch.append(key=m.key, value=m.value, timestamp=None, headers=m.headers)
-        await (await producer.send_batch(batch, self.topic, partition=partition))
+        await (await producer.send_batch(batch, topic, partition=partition))
 
     # -------------------------------------------------------------- parked
 
@@ -391,8 +479,8 @@ class Outbox:
             self.parking.notifications, [p.notification_id for p in parked]
         )
         producer = await self._started_producer()
-        partitions = sorted(await producer.partitions_for(self.topic))
-        source, mapper = self.settings.source_service, self._app.mapper
+        events = {nid: self._app.mapper.to_domain_event(n) for nid, n in stored.items()}
+        completions = await self._completions(list(events.values()))
         blocked: set[str] = set()
         published = 0
         for p in parked:
@@ -400,15 +488,13 @@ class Outbox:
                 continue
             notification: Notification | None = stored.get(p.notification_id)
             if notification is not None:  # (a store restored from an older backup lacks it)
-                m = envelope_of(
-                    mapper.to_domain_event(notification),
-                    source,
-                    traceparent_of_notification(notification),
-                )
+                spans: list[Span] = []
                 try:
-                    await self._send_one(
-                        producer, self._partitioner(m.key, partitions, partitions), m
-                    )
+                    with ending(spans):
+                        for m in self._messages(
+                            notification, events[p.notification_id], spans, completions
+                        ):
+                            await self._send_one(producer, m)
                 except REFUSALS as refusal:
                     blocked.add(p.batch_id)
                     reason = f"{type(refusal).__name__}: {refusal}"[:1000]

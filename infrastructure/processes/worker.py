@@ -12,10 +12,11 @@ DLQ; nothing is committed until the poll's commands are durably recorded or
 known to be no-ops. Any other exception is blamed on a message
 (``PROCESSING_ERROR``) only if the store answers a write-capable probe.
 
-Trace context: each message's W3C ``traceparent`` header (if valid) is the
-context of its command, stored with the events it causes. With tracing on,
-each message gets a ``consume`` span under it (ended once the poll is
-committed), and that span is the context stored and put on its dead letter.
+Trace context: each message's W3C ``traceparent`` header (if valid; else the
+``metadata.traceparent`` of a HuleEdu envelope) is the context of its command,
+stored with the events it causes. With tracing on, each message gets a
+``consume`` span under it (ended once the poll is committed), and that span
+is the context stored and put on its dead letter.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from application.messages import InvalidMessage, TopicKind
 from application.service import BatchService, Result
-from application.tracing import traceparent_of
+from application.tracing import TRACEPARENT, context_of, traceparent_of
 from infrastructure import metrics
 from infrastructure.health.metering import observe_recorded
 from infrastructure.kafka.clients import MAX_POLL_RECORDS, KafkaClients, stop_consumer
@@ -181,16 +182,21 @@ class Worker:
         with ending(spans):
             for tp, messages in records.items():
                 for message in messages:
-                    ctx, span = self._consume_context(message)
-                    if span is not None:
-                        spans.append(span)
+                    kind, profile = self.kind_of[tp.topic], self.settings.wire_profile
                     try:
-                        command = parse_counted(self.kind_of[tp.topic], tp.topic, message.value)
+                        parsed = parse_counted(kind, tp.topic, message.value, profile)
                     except InvalidMessage as e:
+                        ctx, span = self._consume_context(message)
+                        if span is not None:
+                            spans.append(span)
                         metrics.MESSAGES.labels(tp.topic, "invalid").inc()
                         _dead_lettered(span, e.reason)
                         dead.append(DeadLetter(message, e.reason, e.detail, _tp(span, ctx)))
                         continue
+                    ctx, span = self._consume_context(message, parsed.traceparent)
+                    if span is not None:
+                        spans.append(span)
+                    command = parsed.command
                     if span is not None:
                         span.set_attribute("batch_slot.batch_id", command.batch_id)
                         span.set_attribute("batch_slot.correlation_id", command.correlation_id)
@@ -214,10 +220,16 @@ class Worker:
         self._next.update({tp: ms[-1].offset + 1 for tp, ms in records.items() if ms})
         return PollOutcome(len(commands), len(dead))
 
-    def _consume_context(self, message: Any) -> tuple[Context | None, Span | None]:
+    def _consume_context(
+        self, message: Any, traceparent: str | None = None
+    ) -> tuple[Context | None, Span | None]:
         """The context of a message's command: its inbound trace context (tracing off),
-        or a new ``consume`` span under it (tracing on)."""
+        or a new ``consume`` span under it (tracing on). The inbound context is the
+        ``traceparent`` header's, else the one the envelope carries (HuleEdu's
+        ``metadata.traceparent``)."""
         inbound = context_from_headers(message.headers)
+        if inbound is None and traceparent is not None:
+            inbound = context_of({TRACEPARENT: traceparent})
         if self.tracer is None:
             return inbound, None
         span = self.tracer.start_span(

@@ -107,7 +107,15 @@ class RefBatch:
 
     # ------------------------------------------------------------- commands
 
-    def register(self, essay_ids: list[str], now: datetime, timeout: int, cid: str) -> RefResult:
+    def register(
+        self,
+        essay_ids: list[str],
+        now: datetime,
+        timeout: int,
+        cid: str,
+        course_code: str | None = None,
+        user_id: str | None = None,
+    ) -> RefResult:
         # §3: "a batch has 1 to 5,000 slots, all distinct" (the edge refuses the rest).
         if not essay_ids or len(set(essay_ids)) != len(essay_ids):
             return RefResult("rejected", reason="INVALID_REGISTRATION")
@@ -134,6 +142,9 @@ class RefBatch:
             essay_ids=list(essay_ids),
             expected_count=len(essay_ids),
             deadline=self.deadline,
+            # §7: "course_code and user_id of a registration are recorded with it".
+            course_code=course_code,
+            user_id=user_id,
         )
         # "Pending content is then assigned in arrival order, first free slot in
         # registration order."
@@ -218,9 +229,7 @@ class RefBatch:
             if c.where == "pending":
                 c.where = "expired"
         self.status = "expired"
-        self._emit(
-            "PendingContentExpired", cid, now, text_storage_ids=released, part=1, parts=1
-        )
+        self._emit("PendingContentExpired", cid, now, text_storage_ids=released, part=1, parts=1)
         return RefResult("recorded", 1)
 
     # ------------------------------------------------------------- internals
@@ -295,7 +304,14 @@ class Reference:
         cid: str = command.correlation_id
         kind = type(command).__name__
         if kind == "RegisterBatch":
-            return b.register(list(command.essay_ids), now, self.timeout_seconds, cid)
+            return b.register(
+                list(command.essay_ids),
+                now,
+                self.timeout_seconds,
+                cid,
+                command.course_code,
+                command.user_id,
+            )
         if kind == "ProvisionContent":
             return b.provision(
                 command.text_storage_id,

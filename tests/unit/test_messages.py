@@ -133,7 +133,7 @@ def test_the_worker_side_counts_ignored_fields_per_topic_and_place(
     before = sample(topic, "envelope"), sample(topic, "data")
     value = message("failed", {**DATA["failed"], "retry_count": 2, "stage": "x"}, hops=1)
     with caplog.at_level("DEBUG", logger="batchslot.inbound"):
-        command = parse_counted("failed", topic, value)
+        command = parse_counted("failed", topic, value).command
         parse_counted("failed", topic, message("failed"))  # nothing unknown: nothing counted
     same_command("failed", command, value)
     assert (sample(topic, "envelope"), sample(topic, "data")) == (before[0] + 1, before[1] + 2)
