@@ -10,6 +10,14 @@
 4. Show live progress, then a table of per-batch outcomes read from Redis and
    from batch.events.v1, and `batchctl verify`.
 
+``--wire huleedu`` runs the same scenario as HuleEdu's services would send it
+(``tests/support/huleedu_scenario.py``: HuleEdu's envelope and field names, File
+Service records keyed by ``file_upload_id``, relay re-publishes with new event
+ids) against the service in ``WIRE_PROFILE=huleedu``, and adds a table of what
+HuleEdu's Batch Orchestrator Service and Result Aggregator receive: one
+BatchContentProvisioningCompletedV1 per batch, EssaySlotAssignedV1 and
+ExcessContentProvisionedV1 events.
+
 Exit 0 when every batch reached its expected outcome and the read model agrees
 with the store; 1 otherwise.
 """
@@ -42,6 +50,7 @@ from infrastructure.postgres.store import ensure_database  # noqa: E402
 from infrastructure.processes.runtime import local_broker_if_needed  # noqa: E402
 from infrastructure.redis.view import RedisSlotView  # noqa: E402
 from infrastructure.settings import Settings, SettingsError, load_settings  # noqa: E402
+from tests.support.huleedu_scenario import as_huleedu, owner_of  # noqa: E402
 from tests.support.scenario import Scenario, generate  # noqa: E402
 
 console = Console(width=None if sys.stdout.isatty() else 150)
@@ -53,6 +62,13 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--timeout-seconds", type=int, default=20, help="batch deadline for this run")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--wait", type=float, default=90.0, help="seconds to wait for outcomes")
+    p.add_argument(
+        "--wire",
+        choices=("native", "huleedu"),
+        default="native",
+        help="native: this service's own message shapes (default); huleedu: the scenario as "
+        "HuleEdu's services send it, the service in WIRE_PROFILE=huleedu, and what BOS receives",
+    )
     return p.parse_args()
 
 
@@ -184,16 +200,92 @@ def report(settings: Settings, scenario: Scenario, done: dict[str, dict[str, Any
     return all_ok
 
 
+async def huleedu_received(
+    settings: Settings, batch_ids: set[str], deadline: float
+) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """What HuleEdu's consumers receive of this run, per batch and HuleEdu topic (read
+    from the beginning until every batch has its completion, or the deadline)."""
+    topics = settings.topics.huleedu
+    consumer = make_consumer(settings, *topics.all, group_id=None)
+    await consumer.start()
+    got: dict[str, dict[str, list[dict[str, Any]]]] = {
+        b: {t: [] for t in topics.all} for b in batch_ids
+    }
+    try:
+        idle_until = None
+        while time.monotonic() < deadline:
+            records = await consumer.getmany(timeout_ms=500)
+            for record in (r for rs in records.values() for r in rs):
+                envelope = json.loads(record.value)
+                batch = envelope["data"]["batch_id"]
+                if batch in got:
+                    got[batch][record.topic].append(envelope)
+            if all(got[b][topics.completed] for b in batch_ids):
+                # Every batch announced: read on a little for any later duplicates.
+                idle_until = idle_until or time.monotonic() + 2
+                if time.monotonic() > idle_until:
+                    break
+    finally:
+        await consumer.stop()
+    return got
+
+
+def report_huleedu(
+    settings: Settings, scenario: Scenario, got: dict[str, dict[str, list[dict[str, Any]]]]
+) -> bool:
+    topics = settings.topics.huleedu
+    table = Table(title="What HuleEdu's BOS and Result Aggregator receive (HuleEdu topics)")
+    for col in (
+        "batch",
+        "course",
+        "completions",
+        "expected_count",
+        "provisioned_count",
+        "slot assigned",
+        "excess",
+        "ok",
+    ):
+        table.add_column(col)
+    all_ok = True
+    for batch_id, exp in scenario.expected.items():
+        received = got.get(batch_id, {t: [] for t in topics.all})
+        done = received[topics.completed]
+        data = done[0]["data"] if done else {}
+        ok = (
+            len(done) == 1
+            and data.get("expected_count") == exp.slots
+            and data.get("provisioned_count") == exp.assigned
+            and data.get("course_code") == owner_of(batch_id)[0]
+            and len(received[topics.slot_assigned]) == exp.assigned
+            and len(received[topics.excess]) == exp.excess
+        )
+        all_ok &= ok
+        table.add_row(
+            batch_id,
+            str(data.get("course_code", "—")),
+            str(len(done)),
+            str(data.get("expected_count", "—")),
+            str(data.get("provisioned_count", "—")),
+            str(len(received[topics.slot_assigned])),
+            str(len(received[topics.excess])),
+            "[green]yes[/]" if ok else "[red]NO[/]",
+        )
+    console.print(table)
+    return all_ok
+
+
 def main() -> int:
     args = parse_args()
+    wire = {"WIRE_PROFILE": "huleedu"} if args.wire == "huleedu" else {}
     try:
-        settings = load_settings()
+        settings = load_settings({**os.environ, **wire})
     except SettingsError as e:
         console.print(f"[red]configuration:[/] {e}")
         return 2
     run_tag = time.strftime("run%H%M%S")
     env = {
         **os.environ,
+        **wire,
         "BATCH_TIMEOUT_SECONDS": str(args.timeout_seconds),
         "SWEEP_INTERVAL_SECONDS": "1",
     }
@@ -220,6 +312,8 @@ def main() -> int:
     console.print(f"service started (pid {service.pid}, logs in var/service.log)")
     try:
         scenario = generate(run_tag, batches=args.batches, seed=args.seed)
+        if args.wire == "huleedu":
+            scenario = as_huleedu(scenario, seed=args.seed)
         console.print(
             f"scenario {run_tag}: {len(scenario.expected)} batches, "
             f"{len(scenario.messages)} messages ({scenario.invalid} invalid, for the dead-letter "
@@ -230,6 +324,11 @@ def main() -> int:
         done = asyncio.run(completions(settings, set(scenario.expected), deadline))
         projected(settings, time.monotonic() + 30)  # the read model has every event
         ok = report(settings, scenario, done)
+        if args.wire == "huleedu":
+            got = asyncio.run(
+                huleedu_received(settings, set(scenario.expected), time.monotonic() + 30)
+            )
+            ok &= report_huleedu(settings, scenario, got)
         dlq = asyncio.run(dead_letters(settings, run_tag))
         console.print(f"dead-lettered (batch.dlq.v1): {dlq or 'none'}")
         ok &= sum(dlq.values()) == scenario.invalid
