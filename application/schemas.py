@@ -193,6 +193,108 @@ def _outbound_model(event_type: str) -> type[BaseModel]:
 
 OUTBOUND_MODELS: dict[str, type[BaseModel]] = {t: _outbound_model(t) for t in OUTBOUND_DATA}
 
+# ------------------------------------------------- outbound, HuleEdu profile
+# What WIRE_PROFILE=huleedu publishes besides batch.events.v1 (CONTRACT §7,
+# projections/huleedu.py): HuleEdu's envelope and its three events' data, as
+# HuleEdu's own models (libs/common_core of paunchygent/huleedu) read them. The
+# tests also validate these records against the JSON Schemas of those models.
+
+HULEEDU_DEFAULT_TOPICS: dict[str, str] = {
+    "EssaySlotAssignedV1": "huleedu.els.essay.slot.assigned.v1",
+    "ExcessContentProvisionedV1": "huleedu.els.excess.content.provisioned.v1",
+    "BatchContentProvisioningCompletedV1": "huleedu.batch.content.provisioning.completed.v1",
+}
+CourseCode = Literal["ENG5", "ENG6", "ENG7", "SV1", "SV2", "SV3"]
+
+
+class HuleEduEnvelope(BaseModel):
+    """HuleEdu's EventEnvelope as the outbox writes it (``event_type`` = the topic)."""
+
+    model_config = _OUT
+    event_id: UUID = Field(description="Stable per stored event and HuleEdu event.")
+    event_type: str = Field(description="The topic's name, as HuleEdu's envelopes say.")
+    event_timestamp: AwareDatetime = Field(description="The stored event's time.")
+    source_service: str = Field(min_length=1, max_length=128)
+    schema_version: Literal[1]
+    correlation_id: UUID
+    data_schema_uri: None
+    data: dict[str, Any]
+    metadata: dict[str, str] | None = Field(
+        description="{'traceparent': W3C trace context} when the command had one, else null."
+    )
+
+
+class _HuleEduData(BaseModel):
+    model_config = _OUT
+    batch_id: Identifier
+    correlation_id: UUID
+    timestamp: AwareDatetime = Field(
+        description="The stored event's time: a republish is byte-identical in data."
+    )
+
+
+class EssaySlotAssignedV1Data(_HuleEduData):
+    """One ``SlotAssigned``: content filled an essay slot."""
+
+    event: Literal["essay.slot.assigned"]
+    essay_id: Identifier
+    file_upload_id: Identifier
+    text_storage_id: Identifier
+    original_file_name: FileName
+
+
+class ExcessContentProvisionedV1Data(_HuleEduData):
+    """One ``ExcessContentProvisioned``: content no slot took."""
+
+    event: Literal["excess.content.provisioned"]
+    original_file_name: FileName
+    text_storage_id: Identifier
+    reason: Literal["NO_AVAILABLE_SLOT", "BATCH_CLOSED"]
+
+
+class EssayRef(BaseModel):
+    model_config = _OUT
+    essay_id: Identifier
+    text_storage_id: Identifier
+
+
+class BatchContentProvisioningCompletedV1Data(_HuleEduData):
+    """The batch closed (complete or timed out), once: every ready essay, the
+    registration's slots, owner and correlation id."""
+
+    event: Literal["batch.content.provisioning.completed"]
+    provisioned_count: int = Field(ge=0, le=MAX_SLOTS, description="len(essays_for_processing)")
+    expected_count: int = Field(ge=1, le=MAX_SLOTS, description="The slots registered.")
+    course_code: CourseCode
+    user_id: str = Field(min_length=1, max_length=255)
+    essays_for_processing: list[EssayRef]
+
+
+HULEEDU_OUTBOUND_DATA: dict[str, type[BaseModel]] = {
+    "EssaySlotAssignedV1": EssaySlotAssignedV1Data,
+    "ExcessContentProvisionedV1": ExcessContentProvisionedV1Data,
+    "BatchContentProvisioningCompletedV1": BatchContentProvisioningCompletedV1Data,
+}
+
+
+def _huleedu_model(name: str) -> type[BaseModel]:
+    fields: dict[str, Any] = {
+        field: (info.annotation, info) for field, info in HuleEduEnvelope.model_fields.items()
+    }
+    fields["data"] = (HULEEDU_OUTBOUND_DATA[name], ...)
+    model: type[BaseModel] = create_model(
+        name,
+        __config__=_OUT,
+        __doc__=f"HuleEdu's {name} as WIRE_PROFILE=huleedu publishes it.",
+        **fields,
+    )
+    return model
+
+
+HULEEDU_OUTBOUND_MODELS: dict[str, type[BaseModel]] = {
+    name: _huleedu_model(name) for name in HULEEDU_OUTBOUND_DATA
+}
+
 # ---------------------------------------------------------------- rendering
 
 
@@ -202,6 +304,13 @@ def inbound_schema_path(kind: TopicKind) -> str:
 
 def outbound_schema_path(event_type: str) -> str:
     return f"{SCHEMA_DIR}/outbound/{event_type}.v1.schema.json"
+
+
+HULEEDU_DIR = "huleedu"  # under docs/: the HuleEdu profile's documents
+
+
+def huleedu_schema_path(name: str) -> str:
+    return f"{HULEEDU_DIR}/schemas/{name}.schema.json"
 
 
 def json_schema(model: type[BaseModel], path: str, topic: str) -> dict[str, Any]:
@@ -363,6 +472,67 @@ def asyncapi_document() -> dict[str, Any]:
     }
 
 
+def _relocated(message: dict[str, Any]) -> dict[str, Any]:
+    """A message of the native document, its payload file referred to from docs/huleedu/."""
+    ref = message.get("payload", {}).get("$ref")
+    return {**message, "payload": {"$ref": f"../{ref}"}} if ref else message
+
+
+def asyncapi_huleedu_document() -> dict[str, Any]:
+    """AsyncAPI 3.0 of the HuleEdu profile (WIRE_PROFILE=huleedu): HuleEdu's inbound
+    topic names, its three outbound events, and the service's own two topics."""
+    native = asyncapi_document()
+    channels: dict[str, Any] = {}
+    for kind in ("registered", "provisioned", "failed"):
+        channel = dict(native["channels"][f"inbound_{kind}"])
+        channel["address"] = HULEEDU_EVENT_TYPE_OF[kind]
+        channel["description"] = (
+            f"Inbound {EVENT_TYPE_OF[kind]} messages in HuleEdu's shape (event_type = this "
+            "topic, entity_id, validation_error_code; no headers needed; the File "
+            "Service keys by file_upload_id). The native shape is read here too."
+        )
+        channels[f"inbound_{kind}"] = channel
+    messages = {
+        name: _relocated(message) for name, message in native["components"]["messages"].items()
+    }
+    operations = {k: v for k, v in native["operations"].items() if k != "publishBatchEvents"}
+    for name, topic in HULEEDU_DEFAULT_TOPICS.items():
+        messages[name] = {
+            "name": name,
+            "title": name,
+            "contentType": "application/json",
+            "payload": {"$ref": huleedu_schema_path(name).removeprefix(f"{HULEEDU_DIR}/")},
+            "bindings": _KAFKA_KEY,
+        }
+        channels[name] = {
+            "address": topic,
+            "description": f"HuleEdu's {name}, in HuleEdu's envelope, at least once, in "
+            "stream order per batch: deduplicate on event_id (stable per stored event).",
+            "messages": {name: {"$ref": f"#/components/messages/{name}"}},
+        }
+        operations[f"publish{name}"] = {
+            "action": "send",
+            "channel": {"$ref": f"#/channels/{name}"},
+            "summary": "The outbox publishes it from the stored events.",
+        }
+    channels["events"] = native["channels"]["events"]
+    channels["dlq"] = native["channels"]["dlq"]
+    operations["publishBatchEvents"] = native["operations"]["publishBatchEvents"]
+    return {
+        **native,
+        "info": {
+            **native["info"],
+            "title": "Batch slot service, HuleEdu profile",
+            "description": "WIRE_PROFILE=huleedu (CONTRACT §7): the topics a HuleEdu "
+            "deployment points at. Every topic name is configurable (TOPIC_* and "
+            "TOPIC_HULEEDU_* variables); these are the defaults.",
+        },
+        "channels": channels,
+        "operations": operations,
+        "components": {"messages": messages},
+    }
+
+
 def published_documents() -> dict[str, str]:
     """Every published document, by its path under ``docs/``, as the text to commit."""
     documents: dict[str, str] = {}
@@ -373,4 +543,15 @@ def published_documents() -> dict[str, str]:
         path = outbound_schema_path(event_type)
         documents[path] = _text(json_schema(model, path, DEFAULT_TOPICS["events"]))
     documents["asyncapi.json"] = _text(asyncapi_document())
+    return documents
+
+
+def published_huleedu_documents() -> dict[str, str]:
+    """The HuleEdu profile's documents (``docs/huleedu/``): its outbound events' schemas
+    and its AsyncAPI document (the inbound schemas are the shared ones)."""
+    documents: dict[str, str] = {}
+    for name, model in HULEEDU_OUTBOUND_MODELS.items():
+        path = huleedu_schema_path(name)
+        documents[path] = _text(json_schema(model, path, HULEEDU_DEFAULT_TOPICS[name]))
+    documents[f"{HULEEDU_DIR}/asyncapi.json"] = _text(asyncapi_huleedu_document())
     return documents

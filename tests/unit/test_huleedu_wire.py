@@ -34,7 +34,14 @@ from projections.huleedu import (
     needs_completion,
 )
 from tests.conftest import ManualClock
-from tests.huleedu_wire import MODEL_OF_TOPIC, expected, scenario, validate, validate_outbound
+from tests.huleedu_wire import (
+    KIND_OF_TOPIC,
+    MODEL_OF_TOPIC,
+    expected,
+    scenario,
+    validate,
+    validate_outbound,
+)
 
 TOPICS = HuleEduTopics()
 
@@ -301,3 +308,29 @@ def test_the_schemas_refuse_what_huleedu_would_refuse() -> None:
     with pytest.raises(jsonschema.ValidationError):
         validate("BatchContentProvisioningCompletedV1", data)
     validate("BatchContentProvisioningCompletedV1", {**data, "course_code": "ENG5"})
+
+
+# ------------------------------------------- our published documents of the profile
+
+
+def test_our_huleedu_documents_are_committed_and_describe_what_we_publish(decided: Any) -> None:
+    from application.schemas import HULEEDU_DIR, HULEEDU_OUTBOUND_MODELS
+    from tests.unit.test_schemas import DOCS, refs, schemas_script
+
+    script = schemas_script()
+    assert script.drifted(DOCS, script.published_huleedu_documents, HULEEDU_DIR) == []
+    svc, _ = decided
+    name_of = {topic: name for topic, name in MODEL_OF_TOPIC.items()}
+    published = _published(svc)
+    assert {name_of[t] for t, _ in published} == set(HULEEDU_OUTBOUND_MODELS)
+    for topic, envelope in published:
+        model = HULEEDU_OUTBOUND_MODELS[name_of[topic]]
+        model.model_validate_json(json.dumps(envelope))
+        assert set(envelope) == set(model.model_fields)
+        assert set(envelope["data"]) == set(model.model_fields["data"].annotation.model_fields)  # type: ignore[union-attr]
+    document = json.loads((DOCS / HULEEDU_DIR / "asyncapi.json").read_text())
+    addresses = {c["address"] for c in document["channels"].values()}
+    assert set(MODEL_OF_TOPIC) | set(KIND_OF_TOPIC) <= addresses
+    for ref in refs(document):
+        if not ref.startswith("#"):
+            assert (DOCS / HULEEDU_DIR / ref).resolve().is_file(), ref
