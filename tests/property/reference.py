@@ -1,5 +1,5 @@
 """A plain-Python reference model of the Batch rules, written from the words of
-``shared/CONTRACT.md`` §2 (and the README where the contract leaves a choice to
+``docs/contract.md`` §2 (and the README where the contract leaves a choice to
 the project), not from ``domain/batch.py``.
 
 Every rule below quotes the sentence it implements. The model knows nothing of
