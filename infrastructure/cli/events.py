@@ -116,7 +116,12 @@ def key_facts(event_type: str, d: dict[str, Any]) -> str:
     match event_type:
         case "BatchRegistered":
             ids = list(d.get("essay_ids", []))
-            return f"{len(ids)} slots: {_ids(ids)}; deadline {d.get('deadline')}"
+            owner = (
+                f"; course {d.get('course_code')}, user {d.get('user_id')}"
+                if d.get("course_code") or d.get("user_id")
+                else ""
+            )
+            return f"{len(ids)} slots: {_ids(ids)}; deadline {d.get('deadline')}{owner}"
         case "ContentPended":
             return (
                 f"{d.get('text_storage_id')} pending "

@@ -334,3 +334,12 @@ def test_our_huleedu_documents_are_committed_and_describe_what_we_publish(decide
     for ref in refs(document):
         if not ref.startswith("#"):
             assert (DOCS / HULEEDU_DIR / ref).resolve().is_file(), ref
+
+
+def test_the_audit_line_of_a_registration_names_its_owner() -> None:
+    from infrastructure.cli.events import key_facts
+
+    data = {"essay_ids": ["e1"], "deadline": "2026-01-02T00:00:00Z"}
+    assert "course" not in key_facts("BatchRegistered", {**data, "course_code": None})
+    line = key_facts("BatchRegistered", {**data, "course_code": "SV2", "user_id": "u-9"})
+    assert line.endswith("; course SV2, user u-9")
