@@ -62,7 +62,7 @@ STALLED = Gauge(
     ["part"],
 )
 
-# Latency, pending age and build (issue 15 #3; observed in infrastructure/health/metering.py
+# Latency, pending age and build (observed in infrastructure/health/metering.py
 # and at the few places named in each help text).
 _SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 COMMAND_SECONDS = Histogram(

@@ -1,4 +1,4 @@
-"""The fault run (issue #8): real processes, seeded faults, then a history checker.
+"""The fault run: real processes, seeded faults, then a history checker.
 
 Starts its own Kafka-protocol broker (Tansu, memory only) on a free loopback
 port, several ``batchctl worker`` processes, one ``batchctl projector`` and one

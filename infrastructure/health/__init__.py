@@ -1,4 +1,4 @@
-"""Health, readiness and the metrics endpoint of every long-running process (issue 15 #3).
+"""Health, readiness and the metrics endpoint of every long-running process.
 
 ``server``: the HTTP server on METRICS_PORT (/metrics, /healthz, /readyz).
 ``checks``: what /readyz asks of PostgreSQL, Redis, Kafka and the process's parts.

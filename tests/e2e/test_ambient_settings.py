@@ -1,4 +1,4 @@
-"""The event-store library's own variables in the environment change nothing (issue 12, item 10).
+"""The event-store library's own variables in the environment change nothing.
 
 The ``eventsourcing`` library reads ``POSTGRES_*``, ``PERSISTENCE_MODULE``,
 ``CREATE_TABLE`` and ``BATCHSERVICE_*`` (preferred to the unprefixed names)

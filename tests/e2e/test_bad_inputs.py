@@ -1,4 +1,4 @@
-"""Bad-input corpus (issue #8): every kind of bad message, interleaved with valid traffic,
+"""Bad-input corpus: every kind of bad message, interleaved with valid traffic,
 through a real running worker and the real broker.
 
 Each invalid message must land in the DLQ with the right ``dlq.reason`` and its

@@ -1,4 +1,4 @@
-"""Compressed and undecodable inbound record batches (issue 12, item 1).
+"""Compressed and undecodable inbound record batches.
 
 Real producers compress: librdkafka (confluent-kafka) here sends gzip, snappy,
 lz4 and zstd record batches to the real broker, and the worker must decode

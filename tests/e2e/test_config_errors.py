@@ -1,4 +1,4 @@
-"""Kafka configuration errors exit 2 with one line naming the variable (issue 12, item 8)."""
+"""Kafka configuration errors exit 2 with one line naming the variable."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Dead-letter sends that fail (issue 12, item 3): retried, never committed past."""
+"""Dead-letter sends that fail: retried, never committed past."""
 
 from __future__ import annotations
 

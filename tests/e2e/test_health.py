@@ -1,5 +1,5 @@
-"""/healthz, /readyz and the new metrics of a real ``batchctl run`` process (issue 15 #3),
-and the message ids on its log lines (issue 15 #7).
+"""/healthz, /readyz and the new metrics of a real ``batchctl run`` process,
+and the message ids on its log lines.
 
 The process reaches PostgreSQL through a partition proxy (tests/support/proxy.py)
 that the test controls: the shared server is never stopped. Redis and the test's

@@ -1,5 +1,5 @@
 """Network partitions of each dependency in turn, healed with a reset or with stranded
-connections (issue 17): the service resumes on its own, nothing is lost or dead-lettered.
+connections: the service resumes on its own, nothing is lost or dead-lettered.
 
 ``batchctl run`` runs as a process and reaches PostgreSQL, Redis and Kafka each
 through its own partition proxy (tests/support/proxy.py); the test's broker
@@ -10,8 +10,9 @@ the time from the heal until the probe is completed, projected to Redis and
 published: that is the resume time, bounded by RESUME_BOUND_SECONDS. Short
 client timeouts are set through the environment, as an operator would.
 
-Before issue 17 the stranded case never resumed: the worker or the projector
-blocked forever on a connection that the proxy held open and silent.
+Before the client bounds and the stall watchdog, the stranded case never
+resumed: the worker or the projector blocked forever on a connection that the
+proxy held open and silent.
 """
 
 from __future__ import annotations

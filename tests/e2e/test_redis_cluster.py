@@ -1,4 +1,4 @@
-"""The e2e scenario on a real Redis Cluster, with a primary killed mid-run (issue 16).
+"""The e2e scenario on a real Redis Cluster, with a primary killed mid-run.
 
 ``batchctl run`` runs as a process with REDIS_URL naming a local six-node
 Redis Cluster (tests/support/redis_cluster.py). Realistic traffic

@@ -1,4 +1,4 @@
-"""Passwords in a URL's query string never leak (issue 12, item 7).
+"""Passwords in a URL's query string never leak.
 
 redis-py takes ``?password=`` (its form for unix sockets, also accepted for
 TCP) and libpq takes ``?password=`` and ``?sslpassword=``. Real processes,

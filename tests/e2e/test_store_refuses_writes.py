@@ -1,4 +1,4 @@
-"""A store that refuses writes is never the message's fault (issue 12, item 4).
+"""A store that refuses writes is never the message's fault.
 
 A real read-only database: the test creates its own database, runs the worker
 on it, sets ``default_transaction_read_only = on`` on that database and ends

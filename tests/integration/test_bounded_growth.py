@@ -1,4 +1,4 @@
-"""Bounded growth (issue 12 item 9), against real PostgreSQL.
+"""Bounded growth, against real PostgreSQL.
 
 Snapshots: only the latest of a batch is kept, so a full 5,000-slot batch
 stores at most 2x the bytes of its events. The sweep after an outage: many

@@ -1,6 +1,6 @@
 """batchslot_pending_content_age_seconds: the oldest content still held for a batch never
 registered, read from the due-batch index that a follower keeps beside the real event
-store (issue 15 #3), not from a scan of the events table."""
+store, not from a scan of the events table."""
 
 from __future__ import annotations
 

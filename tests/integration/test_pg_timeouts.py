@@ -1,4 +1,4 @@
-"""Every PostgreSQL connection is bounded (issue 17), checked on the real server."""
+"""Every PostgreSQL connection is bounded, checked on the real server."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Concurrent start-up (issue 12, item 5): six processes on a fresh database, all at once.
+"""Concurrent start-up: six processes on a fresh database, all at once.
 
 Each round makes a new database name (and a non-public schema) that does not
 exist yet; six processes released by one barrier each build the service (which

@@ -1,4 +1,4 @@
-"""A TCP proxy that can partition the network, for fault tests (issue 17).
+"""A TCP proxy that can partition the network, for fault tests.
 
 An asyncio forwarder on a loopback port in front of a real server. Modes:
 

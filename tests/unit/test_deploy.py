@@ -1,4 +1,4 @@
-"""docker-compose.yml, the Prometheus configuration and the Grafana dashboard (issue 15 #5).
+"""docker-compose.yml, the Prometheus configuration and the Grafana dashboard.
 
 Docker is not available where the tests run, so these read the files and check
 what `docker compose up` relies on: one image for every service process, a
@@ -155,7 +155,7 @@ def test_prometheus_scrapes_every_service_container(compose: dict[str, Any]) -> 
 def test_scale_profile_has_a_three_node_redis_cluster_and_two_more_workers(
     compose: dict[str, Any],
 ) -> None:
-    """Issue 16: ``docker compose --profile scale up`` adds a Redis Cluster (three
+    """``docker compose --profile scale up`` adds a Redis Cluster (three
     nodes and a one-shot init container) and two more workers; nothing else changes."""
     services = compose["services"]
     scale = {name for name, spec in services.items() if "scale" in spec.get("profiles", [])}

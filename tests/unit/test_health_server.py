@@ -1,4 +1,4 @@
-"""The health server's own logic (issue 15 #3): heartbeat, probe bounds and cache, routes.
+"""The health server's own logic: heartbeat, probe bounds and cache, routes.
 
 Real HTTP on loopback; the checks here are plain functions (the probes of the
 real servers are exercised by tests/e2e/test_health.py).

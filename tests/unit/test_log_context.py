@@ -1,4 +1,4 @@
-"""Log lines written while a message is handled carry its ids (issue 15 #7)."""
+"""Log lines written while a message is handled carry its ids."""
 
 from __future__ import annotations
 

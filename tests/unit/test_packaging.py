@@ -1,4 +1,4 @@
-"""Packaging (issue 15 #6): the lock files follow pyproject.toml, the local broker is an
+"""Packaging: the lock files follow pyproject.toml, the local broker is an
 extra, and the Dockerfile is a pinned multi-stage build of the production lock.
 
 The lock files are regenerated with `bash scripts/lock.sh` (README, Packaging); these

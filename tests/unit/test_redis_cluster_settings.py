@@ -1,4 +1,4 @@
-"""REDIS_CLUSTER and redis+cluster:// URLs (issue 16): validated once, at start-up."""
+"""REDIS_CLUSTER and redis+cluster:// URLs: validated once, at start-up."""
 
 from __future__ import annotations
 

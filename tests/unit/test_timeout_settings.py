@@ -1,4 +1,5 @@
-"""The client bounds of issue 17 come from the environment, validated at start-up."""
+"""The client bounds on every PostgreSQL, Redis and Kafka call come from the environment,
+validated at start-up."""
 
 from __future__ import annotations
 
