@@ -35,7 +35,7 @@ import random
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -64,6 +64,16 @@ from domain import Batch, BatchRejection, ConflictingFileOutcome, StaleSnapshot
 
 Outcome = Literal["recorded", "noop", "rejected"]
 CONFLICTING_FILE_OUTCOME = ConflictingFileOutcome.reason
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    """One shared append of a poll: the groups it settled (their results, in command
+    order), those to decide again on fresh state, and whether it lost a race."""
+
+    settled: dict[str, list[Result]]
+    unsettled: set[str]
+    conflicted: bool
 
 
 @dataclass(frozen=True)
@@ -101,6 +111,7 @@ class BatchService(Application[UUID]):
         timeout_seconds: int = 86400,
         pending_ttl_seconds: int = 86400,
         max_attempts: int = 25,
+        shared_attempts: int = 3,
         backoff_seconds: float = 0.002,
         backoff_cap_seconds: float = 0.1,
         on_conflict: Callable[[], None] | None = None,
@@ -116,6 +127,10 @@ class BatchService(Application[UUID]):
         self.timeout_seconds = timeout_seconds
         self.pending_ttl_seconds = pending_ttl_seconds
         self.max_attempts = max_attempts
+        # Shared appends per poll before the batches still unsettled go one by one: a
+        # conflict on one batch no longer costs every batch of the poll an append of
+        # its own (with content keyed by file, most polls meet one).
+        self.shared_attempts = max(1, shared_attempts)
         self.backoff_seconds = backoff_seconds
         self.backoff_cap_seconds = backoff_cap_seconds
         self.on_conflict = on_conflict
@@ -169,6 +184,13 @@ class BatchService(Application[UUID]):
         """Decide every command; one load per batch, one transaction for the poll.
 
         ``contexts[i]``: the trace context of ``commands[i]``'s cause (None: none).
+
+        Steps: group the commands per batch; decide every group and store all new
+        events in one append (``_attempt``); groups that append lost to another
+        writer (a version conflict), or whose decision on a cached batch may be
+        stale, are decided again on fresh state, together, in another shared
+        append (up to ``shared_attempts`` in all); whatever is still unsettled is
+        decided one batch at a time (``_execute_group``).
         """
         ctxs: Sequence[Context | None] = contexts or [None] * len(commands)
         if len(ctxs) != len(commands):
@@ -177,56 +199,84 @@ class BatchService(Application[UUID]):
         for index, command in enumerate(commands):
             groups.setdefault(command.batch_id, []).append(index)
         results: list[Result | None] = [None] * len(commands)
+        waiting = groups
+        for attempt in range(self.shared_attempts):
+            outcome = self._attempt(commands, ctxs, waiting, fresh=attempt > 0)
+            for batch_id, rs in outcome.settled.items():
+                for index, result in zip(groups[batch_id], rs, strict=True):
+                    results[index] = result
+            waiting = {b: groups[b] for b in outcome.unsettled}
+            if not waiting:
+                break
+            if outcome.conflicted:
+                self._back_off(attempt)
+        for batch_id, indexes in waiting.items():
+            rs = self._execute_group(
+                batch_id, [commands[i] for i in indexes], [ctxs[i] for i in indexes]
+            )
+            for index, result in zip(indexes, rs, strict=True):
+                results[index] = result
+        return [r for r in results if r is not None]
+
+    def _attempt(
+        self,
+        commands: Sequence[AnyCommand],
+        ctxs: Sequence[Context | None],
+        groups: Mapping[str, list[int]],
+        *,
+        fresh: bool,
+    ) -> _Attempt:
+        """Decide each group (on its cached batch, or on fresh state) and append every
+        new event in one transaction. A group is unsettled when the append lost to
+        another writer, or when a decision on a cached batch may be stale."""
         decided: dict[str, tuple[Batch, list[Result]]] = {}
-        retry: set[str] = set()  # batches to decide again, alone, on fresh state
-        try:
-            for batch_id, indexes in groups.items():
-                group = [commands[i] for i in indexes]
-                batch, cached = self._checkout(batch_id, group)
-                now = self.clock()
-                rs = [self._decide(batch, commands[i], now, ctxs[i]) for i in indexes]
-                decided[batch_id] = (batch, rs)
-                if cached and not all(_settled(batch, r) for r in rs):
-                    retry.add(batch_id)
-        except BaseException:
-            # A decision failed half way: nothing was stored, forget what was decided.
-            decided.clear()
-            raise
+        unsettled: set[str] = set()
+        for batch_id, indexes in groups.items():
+            batch, cached = self._checkout(batch_id, [commands[i] for i in indexes], fresh=fresh)
+            now = self.clock()
+            rs = [self._decide(batch, commands[i], now, ctxs[i]) for i in indexes]
+            decided[batch_id] = (batch, rs)
+            if cached and not all(_settled(batch, r) for r in rs):
+                unsettled.add(batch_id)
+        # (A decision that raised stored nothing; its batches were checked out of the
+        # cache and are loaded afresh next time.)
         changed = [
             b
             for batch_id, (b, rs) in decided.items()
-            if batch_id not in retry and any(r.events for r in rs)
+            if batch_id not in unsettled and any(r.events for r in rs)
         ]
         positions: dict[UUID, int] = {}
+        conflicted = False
         if changed:
             traces = _Traces()
             for batch_id, (b, rs) in decided.items():
-                if batch_id not in retry:
+                if batch_id not in unsettled:
                     traces.add(b, rs, [ctxs[i] for i in groups[batch_id]])
             try:
                 positions = _positions(self._store(changed, traces))
             except RecordConflictError:
                 if self.on_conflict is not None:
                     self.on_conflict()
-                retry |= {b.batch_id for b in changed}
+                conflicted = True
+                unsettled |= {b.batch_id for b in changed}
             except BaseException:
                 for batch_id, (batch, rs) in decided.items():
-                    if batch_id not in retry and not any(r.events for r in rs):
+                    if batch_id not in unsettled and not any(r.events for r in rs):
                         self._checkin(batch)
                 raise
-        for batch_id, indexes in groups.items():
-            batch, rs = decided[batch_id]
-            if batch_id in retry:
-                rs = self._execute_group(
-                    batch_id, [commands[i] for i in indexes], [ctxs[i] for i in indexes]
-                )
-            else:
-                self._checkin(batch)
-                position = positions.get(batch.id)
-                rs = [_with_position(r, position) for r in rs]
-            for index, result in zip(indexes, rs, strict=True):
-                results[index] = result
-        return [r for r in results if r is not None]
+        settled: dict[str, list[Result]] = {}
+        for batch_id, (batch, rs) in decided.items():
+            if batch_id in unsettled:
+                continue
+            self._checkin(batch)
+            position = positions.get(batch.id)
+            settled[batch_id] = [_with_position(r, position) for r in rs]
+        return _Attempt(settled, unsettled, conflicted)
+
+    def _back_off(self, attempt: int) -> None:
+        """Jittered, capped exponential wait before deciding again after a conflict."""
+        delay = min(self.backoff_cap_seconds, self.backoff_seconds * 2**attempt)
+        time.sleep(self._rng.uniform(0, delay))
 
     # --------------------------------------------------------------- queries
 
@@ -265,8 +315,7 @@ class BatchService(Application[UUID]):
             except RecordConflictError:
                 if self.on_conflict is not None:
                     self.on_conflict()
-                delay = min(self.backoff_cap_seconds, self.backoff_seconds * 2**attempt)
-                time.sleep(self._rng.uniform(0, delay))
+                self._back_off(attempt)
                 continue
             self._checkin(batch)
             position = max((r.notification.id for r in recordings), default=None)

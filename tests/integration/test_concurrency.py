@@ -236,3 +236,54 @@ def test_four_processes_fill_every_slot_exactly_once(
     assert events[-1].missing_essay_ids == []
     batch = service.get_batch(batch_id)
     assert batch is not None and batch.status == "completed" and batch.version == len(events)
+
+
+# ------------------------------------------------- a poll that loses one race
+
+
+def test_a_poll_that_loses_the_race_on_one_batch_retries_together_on_fresh_state(
+    pg_settings: Settings,
+) -> None:
+    """Two instances share batches (content keyed by file reaches several workers).
+    Instance A has every batch cached; B appends to one of them; A's next poll loses
+    the race on that batch. Every command still lands exactly once, and the retry is
+    one more shared append on fresh state, not one append per batch of the poll."""
+    appends: list[int] = []
+    conflicts: list[int] = []
+    a = Bootstrap(pg_settings).batch_service(on_conflict=lambda: conflicts.append(1))
+    b = Bootstrap(pg_settings).batch_service()
+    batch_ids = [f"shared-{n}" for n in range(8)]
+    try:
+        a.execute(
+            [
+                RegisterBatch(batch_id=i, correlation_id="r", essay_ids=["e1", "e2", "e3"])
+                for i in batch_ids
+            ]
+        )
+        b.provision_content(content(batch_ids[3], "t-b", "from-b"))  # A's copy is now stale
+        save = a.save
+
+        def counting_save(*objs: Any, **kwargs: Any) -> Any:
+            appends.append(len(objs))
+            return save(*objs, **kwargs)
+
+        a.save = counting_save  # type: ignore[method-assign]
+        results = a.execute([content(i, f"t-a-{i}", "from-a") for i in batch_ids])
+    finally:
+        a.close()
+        b.close()
+    assert [r.outcome for r in results] == ["recorded"] * len(batch_ids)
+    assert conflicts == [1]
+    # The first shared append (all 8) lost; the second, on fresh state, took all 8.
+    assert appends == [len(batch_ids), len(batch_ids)]
+    check = Bootstrap(pg_settings).batch_service()
+    try:
+        events = stored(check, batch_ids[3])  # versions 1..n: no gap, no duplicate
+        assert [e.text_storage_id for e in events if type(e).__name__ == "SlotAssigned"] == [
+            "t-b",
+            f"t-a-{batch_ids[3]}",
+        ]
+        for i in batch_ids:
+            assert kinds(stored(check, i))["SlotAssigned"] == (2 if i == batch_ids[3] else 1)
+    finally:
+        check.close()
