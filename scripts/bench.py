@@ -16,6 +16,9 @@ Sections (all measured in this one run, on this machine, everything on it):
              execute); service RSS after 1,000 and after 50,000 batches
 7. scale     issue 16: command path with 1, 2 and 4 worker processes, and end to end in
              split mode with 1, 2 and 4 workers on 6 partitions (drain only)
+8. keys      split mode (2 workers) with HuleEdu's real keys: content and validation
+             failures keyed by file_upload_id vs by batch id (drain, paced, light),
+             as ratios, with the version conflicts every process counts on /metrics
 
 Everything runs in scratch PostgreSQL schemas (dropped afterwards, database
 ``batchslot_bench`` unless BENCH_DATABASE_URL says otherwise) and a scratch Redis
@@ -41,7 +44,7 @@ if str(ROOT) not in sys.path:  # tests.support is not an installed package
     sys.path.insert(0, str(ROOT))
 
 from tests.support.bench.common import FULL, QUICK, Sizes, commands_of, console  # noqa: E402
-from tests.support.bench.e2e import bench_e2e, bench_scale_e2e  # noqa: E402
+from tests.support.bench.e2e import bench_e2e, bench_keys, bench_scale_e2e  # noqa: E402
 from tests.support.bench.profile import breakdown  # noqa: E402
 from tests.support.bench.report import machine, report, targets  # noqa: E402
 from tests.support.bench.sections import (  # noqa: E402
@@ -80,7 +83,7 @@ def main() -> int:
     p.add_argument(
         "--only",
         help="comma-separated sections to run (limit,naive,service,e2e,split,scaling,"
-        "scale); the targets table needs limit,naive,service,e2e,split,scaling",
+        "scale,keys); the targets table needs limit,naive,service,e2e,split,scaling",
     )
     p.add_argument(
         "--profile",
@@ -129,6 +132,7 @@ def main() -> int:
             "e2e_split_6_partitions": bench_scale_e2e(sizes),
         },
     )
+    section("keys", lambda: bench_keys(sizes))
     r["seconds"] = time.monotonic() - t0
     if only is None or {"limit", "naive", "service", "e2e", "split", "scaling"} <= only:
         r["targets"] = targets(r)

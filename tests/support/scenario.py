@@ -72,24 +72,28 @@ def registration(batch_id: str, essay_ids: list[str]) -> Message:
     return Message("registered", batch_id, envelope("registered", data))
 
 
-def content(batch_id: str, tsid: str, file_id: str, name: str = "essay.docx") -> Message:
+def content(
+    batch_id: str, tsid: str, file_id: str, name: str = "essay.docx", *, key: str | None = None
+) -> Message:
+    """``key``: the Kafka key (default the batch id; HuleEdu's File Service sends the
+    ``file_upload_id``)."""
     data = {
         "batch_id": batch_id,
         "text_storage_id": tsid,
         "file_upload_id": file_id,
         "original_file_name": name,
     }
-    return Message("provisioned", batch_id, envelope("provisioned", data))
+    return Message("provisioned", key or batch_id, envelope("provisioned", data))
 
 
-def failure(batch_id: str, file_id: str) -> Message:
+def failure(batch_id: str, file_id: str, *, key: str | None = None) -> Message:
     data = {
         "batch_id": batch_id,
         "file_upload_id": file_id,
         "original_file_name": "broken.pdf",
         "error_code": "EMPTY_CONTENT",
     }
-    return Message("failed", batch_id, envelope("failed", data))
+    return Message("failed", key or batch_id, envelope("failed", data))
 
 
 def _batch(
@@ -182,6 +186,7 @@ def generate_load(
     excess_share: float = 0.1,
     in_flight: int = 50,
     seed: int = 11,
+    keys: Literal["batch", "file"] = "batch",
 ) -> Scenario:
     """Benchmark traffic: ``batches`` batches of ``slots`` slots, every one completing.
 
@@ -191,7 +196,13 @@ def generate_load(
     file arrives before the registration with probability ``early_share``.
     At most ``in_flight`` batches are interleaved at a time (uploads of one
     batch arrive close together), keeping each batch's own order.
+
+    ``keys``: the Kafka key of the content and validation-failure messages: ``batch``
+    (the batch id, as registrations always are) or ``file`` (their ``file_upload_id``,
+    as HuleEdu's File Service keys them: one batch's files spread over the partitions).
+    The same seed gives the same messages either way; only ``Message.key`` differs.
     """
+    by_file = keys == "file"
     rng = random.Random(seed)
     scenario = Scenario()
     streams: list[list[Message]] = []
@@ -200,8 +211,19 @@ def generate_load(
         failures = min(slots - 1, round(failure_share * slots))
         extra = rng.randint(1, 3) if rng.random() < excess_share else 0
         contents = slots - failures + extra
-        files = [content(batch_id, f"{batch_id}-t{i}", f"{batch_id}-f{i}") for i in range(contents)]
-        files += [failure(batch_id, f"{batch_id}-x{i}") for i in range(failures)]
+        files = [
+            content(
+                batch_id,
+                f"{batch_id}-t{i}",
+                f"{batch_id}-f{i}",
+                key=f"{batch_id}-f{i}" if by_file else None,
+            )
+            for i in range(contents)
+        ]
+        files += [
+            failure(batch_id, f"{batch_id}-x{i}", key=f"{batch_id}-x{i}" if by_file else None)
+            for i in range(failures)
+        ]
         files += [rng.choice(files) for _ in range(int(len(files) * duplicate_share))]
         rng.shuffle(files)
         early = [f for f in files if rng.random() < early_share]

@@ -16,7 +16,7 @@ import urllib.error
 import urllib.request
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import psycopg
 import redis
@@ -312,6 +312,70 @@ async def wait_settled(ports: list[int], total: int, timeout: float = 120) -> fl
     raise RuntimeError(f"the consumer group did not settle: {last}")
 
 
+COUNTED = (
+    "batchslot_version_conflicts_total",  # appends that lost the race and were retried
+    "batchslot_messages_consumed_total",  # inbound messages handled (every outcome)
+    "batchslot_transient_failures_total",  # e.g. ConcurrencyExhausted, retried
+    "batchslot_command_seconds_count",  # polls decided and stored (execute calls)
+)
+
+
+def scrape(port: int) -> dict[str, float]:
+    """The counters in ``COUNTED`` (summed over labels) on one process's /metrics."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+            text = r.read().decode()
+    except OSError:
+        return {}
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        name, _, value = line.rpartition(" ")
+        metric = name.split("{", 1)[0]
+        if metric in COUNTED:
+            out[metric] = out.get(metric, 0.0) + float(value)
+    return out
+
+
+async def counters(
+    ports: dict[str, int], handled: int | None = None, wait: float = 30
+) -> dict[str, dict[str, float]]:
+    """Per process (name -> its METRICS_PORT): the counters now. ``handled``: first wait
+    (up to ``wait`` s) until the workers have handled that many inbound messages in all
+    (late duplicates and failures of completed batches are still being handled when the
+    last batch completes)."""
+    deadline = time.monotonic() + wait
+    while True:
+        now = {n: await asyncio.to_thread(scrape, p) for n, p in ports.items()}
+        total = sum(c.get("batchslot_messages_consumed_total", 0.0) for c in now.values())
+        if handled is None or total >= handled or time.monotonic() > deadline:
+            return now
+        await asyncio.sleep(0.1)
+
+
+def counted(
+    after: dict[str, dict[str, float]], before: dict[str, dict[str, float]], commands: int
+) -> dict[str, Any]:
+    """A phase's conflict retries (all processes) and inbound messages per process."""
+
+    def delta(name: str, metric: str) -> float:
+        return after.get(name, {}).get(metric, 0.0) - before.get(name, {}).get(metric, 0.0)
+
+    conflicts = sum(delta(n, "batchslot_version_conflicts_total") for n in after)
+    return {
+        "version_conflicts": conflicts,
+        "conflicts_per_1000": conflicts * 1000 / commands,
+        "transient_failures": sum(delta(n, "batchslot_transient_failures_total") for n in after),
+        "polls": sum(delta(n, "batchslot_command_seconds_count") for n in after),
+        "handled_per_process": {
+            n: delta(n, "batchslot_messages_consumed_total")
+            for n in after
+            if delta(n, "batchslot_messages_consumed_total")
+        },
+    }
+
+
 def start_profilers(
     parts: list[str], procs: list[subprocess.Popen[bytes]], name: str, log: Any
 ) -> list[subprocess.Popen[bytes]]:
@@ -351,13 +415,16 @@ def bench_e2e(
     paced: bool = True,
     profile: str | None = None,
     settle_first: bool = False,
+    keys: Literal["batch", "file"] = "batch",
 ) -> dict[str, Any]:
     """Drain a backlog produced before the service starts, then (``paced``) a paced phase
     at half the drain rate. ``mode``: ``run`` (one `batchctl run`) or ``split``
     (``workers`` workers + projector + outbox processes). ``settle_first`` (the scale
     rows): start the service first, wait until its consumer group has settled (every
     worker's /readyz), then produce the backlog: the drain is timed from the first send,
-    so rebalances while members join are not what is measured."""
+    so rebalances while members join are not what is measured. ``keys``: the Kafka key
+    of content and validation failures (``generate_load``'s ``keys``). Every process
+    serves /metrics on a port of its own: each phase reports its version conflicts."""
     broker = LocalBroker(log_path=ROOT / "var" / "bench-broker.log").start()
     extra = {"KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers}
     if partitions:
@@ -370,13 +437,16 @@ def bench_e2e(
         env["KAFKA_TOPIC_PARTITIONS"] = str(partitions)
     log = open(ROOT / "var" / "bench-service.log", "ab")  # noqa: SIM115
     parts = service_parts(mode, workers)
-    drain = generate_load("drain", drain_batches or sizes.e2e_full_batches, 25, seed=21)
-    half = generate_load("half", sizes.e2e_half_batches, 25, seed=22)
-    light = generate_load("light", sizes.e2e_light_batches, 25, seed=23) if paced else None
+    drain = generate_load("drain", drain_batches or sizes.e2e_full_batches, 25, seed=21, keys=keys)
+    half = generate_load("half", sizes.e2e_half_batches, 25, seed=22, keys=keys)
+    light = (
+        generate_load("light", sizes.e2e_light_batches, 25, seed=23, keys=keys) if paced else None
+    )
     out: dict[str, Any] = {
         "mode": mode,
         "processes": parts,
         "partitions": s.kafka_topic_partitions,
+        "keys": keys,
     }
     probe = E2EProbe(s)
     procs: list[subprocess.Popen[bytes]] = []
@@ -388,17 +458,19 @@ def bench_e2e(
         producer = Producer(s, probe)
         await producer.start()
         try:
-            ports = {i: free_port() for i, p in enumerate(parts) if p == "worker"}
+            ports = {i: free_port() for i in range(len(parts))}
+            workers_ports = [ports[i] for i, p in enumerate(parts) if p == "worker"]
+            by_name = {f"{i}-{p.split()[0]}": ports[i] for i, p in enumerate(parts)}
             if settle_first:
                 procs.extend(start_service(parts, env, log, ports))
-                settled = await wait_settled(list(ports.values()), 3 * s.kafka_topic_partitions)
+                settled = await wait_settled(workers_ports, 3 * s.kafka_topic_partitions)
                 console.print(f"  group settled after {settled:.1f}s; backlog ...")
             else:
                 console.print(f"  backlog: {len(drain.messages):,} commands, service stopped")
                 t = time.monotonic()
                 await producer.send(drain, None)
                 out["backlog_produce_s"] = time.monotonic() - t
-                procs.extend(start_service(parts, env, log))
+                procs.extend(start_service(parts, env, log, ports))
             started = time.monotonic()
             sampler = probe.start_sampling()
             names = [f"{i}-{p.split()[0]}" for i, p in enumerate(parts)]
@@ -427,8 +499,11 @@ def bench_e2e(
             if settle_first:
                 started = await sending
             first = started if settle_first else (probe.first_event or started)
+            handled = len(drain.messages)
+            after_drain = await counters(by_name, handled)
             out["drain"] = {
                 **phase_figures(probe, drain, first, done),
+                **counted(after_drain, {}, len(drain.messages)),
                 "startup_s": first - started,
                 "commands_per_s_from_start": len(drain.messages) / (done[1] - started),
                 # core-seconds per 1,000 commands, per component (machine-wide for
@@ -437,7 +512,8 @@ def bench_e2e(
             }
             console.print(
                 f"    drained at {out['drain']['commands_per_s']:,.0f} commands/s "
-                f"(first output {first - started:.1f}s after the start)"
+                f"(first output {first - started:.1f}s after the start; "
+                f"{out['drain']['version_conflicts']:,.0f} version conflicts)"
             )
             if paced:
                 rate = out["drain"]["commands_per_s"] / 2
@@ -453,8 +529,11 @@ def bench_e2e(
                     spy.send_signal(signal.SIGINT)
                 for spy in spies:
                     spy.wait(60)
+                handled += len(half.messages)
+                after_paced = await counters(by_name, handled)
                 out["paced"] = {
                     **phase_figures(probe, half, start, paced_done),
+                    **counted(after_paced, after_drain, len(half.messages)),
                     "offered_rate": rate,
                     "cpu_s_per_1000": {k: v * 1000 / len(half.messages) for k, v in cpu.items()},
                 }
@@ -467,8 +546,11 @@ def bench_e2e(
                 await asyncio.sleep(1.0)
                 console.print(f"  light load at {LIGHT_RATE}/s: {len(light.messages):,} commands")
                 start = await producer.send(light, LIGHT_RATE)
+                light_done = await wait_done(probe, light, 300)
+                handled += len(light.messages)
                 out["light"] = {
-                    **phase_figures(probe, light, start, await wait_done(probe, light, 300)),
+                    **phase_figures(probe, light, start, light_done),
+                    **counted(await counters(by_name, handled), after_paced, len(light.messages)),
                     "offered_rate": LIGHT_RATE,
                 }
                 console.print(
@@ -534,4 +616,65 @@ def bench_scale_e2e(sizes: Sizes) -> dict[str, Any]:
             "verify_exit": r["verify_exit"],
             "read_model_wrong_batches": r["read_model_wrong_batches"],
         }
+    return out
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b else float("nan")
+
+
+def _service_cpu(phase: dict[str, Any]) -> float:
+    """Core-s per 1,000 commands of the service's own processes ("0-worker", ...)."""
+    return float(sum(v for k, v in phase["cpu_s_per_1000"].items() if k[:1].isdigit()))
+
+
+def bench_keys(sizes: Sizes) -> dict[str, Any]:
+    """HuleEdu's real keys: split mode, 2 workers, content and validation failures keyed
+    by ``file_upload_id`` (as the File Service sends them; registrations keep the batch
+    id) against keyed by batch id, same scenario, one after the other. Keyed by file, one
+    batch's files land on both workers, which then contend on its stream: version
+    conflicts, retried on fresh state."""
+    out: dict[str, Any] = {}
+    order: tuple[Literal["batch", "file"], ...] = ("batch", "file")
+    for keys in order:
+        console.print(f"  split, 2 workers, content and failures keyed by {keys}")
+        out[f"by_{keys}"] = bench_e2e(sizes, "split", workers=2, keys=keys)
+    by_batch, by_file = out["by_batch"], out["by_file"]
+    cmp: dict[str, Any] = {}
+    for phase in ("drain", "paced", "light"):
+        if phase not in by_batch or phase not in by_file:
+            continue
+        b, f = by_batch[phase], by_file[phase]
+        cmp[phase] = {
+            "commands_per_s_ratio": _ratio(f["commands_per_s"], b["commands_per_s"]),
+            "conflicts_by_file": f["version_conflicts"],
+            "conflicts_by_batch": b["version_conflicts"],
+            # None when keyed by batch had none (as it should: one worker per batch)
+            "conflicts_ratio": (
+                f["version_conflicts"] / b["version_conflicts"] if b["version_conflicts"] else None
+            ),
+            "conflicts_per_1000_by_file": f["conflicts_per_1000"],
+            "conflicts_per_1000_by_batch": b["conflicts_per_1000"],
+            "slot_p50_ratio": _ratio(f["slot_p50_ms"], b["slot_p50_ms"]),
+            "slot_p99_ratio": _ratio(f["slot_p99_ms"], b["slot_p99_ms"]),
+            # the light phase has no CPU figures
+            **(
+                {
+                    "service_cpu_s_per_1000_by_file": _service_cpu(f),
+                    "service_cpu_s_per_1000_by_batch": _service_cpu(b),
+                    "service_cpu_ratio": _ratio(_service_cpu(f), _service_cpu(b)),
+                }
+                if "cpu_s_per_1000" in b and "cpu_s_per_1000" in f
+                else {}
+            ),
+        }
+        console.print(
+            f"    {phase}: {f['commands_per_s']:,.0f} vs {b['commands_per_s']:,.0f} commands/s "
+            f"(x{cmp[phase]['commands_per_s_ratio']:.2f}); conflicts "
+            f"{f['version_conflicts']:,.0f} vs {b['version_conflicts']:,.0f} "
+            f"({f['conflicts_per_1000']:.1f} vs {b['conflicts_per_1000']:.1f} per 1,000 "
+            f"commands); p50/p99 {f['slot_p50_ms']:.0f}/{f['slot_p99_ms']:.0f} vs "
+            f"{b['slot_p50_ms']:.0f}/{b['slot_p99_ms']:.0f} ms"
+        )
+    out["file_vs_batch"] = cmp
     return out

@@ -166,6 +166,22 @@ def report(r: dict[str, Any]) -> None:
                 v["commands_per_s"],
                 True,
             )
+    if "keys" in r:
+        for phase, c in r["keys"]["file_vs_batch"].items():
+            f = r["keys"]["by_file"][phase]
+            row(
+                "8 keys",
+                f"{phase}: commands/s keyed by file (x keyed by batch: "
+                f"{c['commands_per_s_ratio']:.2f})",
+                f["commands_per_s"],
+                True,
+            )
+            row(
+                "8 keys",
+                f"{phase}: conflicts per 1,000 commands, by file / by batch",
+                c["conflicts_per_1000_by_file"],
+            )
+            t.add_row("", "", fmt(c["conflicts_per_1000_by_batch"]))
     console.print(t)
     tt = Table(title="Targets")
     for col in ("target", "measured", "goal", "met", "distance"):
