@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
 from infrastructure.kafka.clients import (
@@ -70,6 +71,7 @@ def test_fetch_settings_reach_every_consumer(broker: LocalBroker) -> None:
     assert asyncio.run(scenario()) == (37, 1, MAX_POLL_RECORDS, 3)
 
 
+@pytest.mark.slow
 def test_one_worker_owns_all_of_a_batchs_partitions(broker: LocalBroker) -> None:
     """Two members of the workers' group over the three inbound topics: each gets the
     same partition numbers on every topic, so a batch (keyed by its id, partition i on

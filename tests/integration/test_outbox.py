@@ -299,6 +299,7 @@ def test_concurrent_writers_lose_nothing(env: tuple[Settings, BatchService]) -> 
     check_delivery(service, s, asyncio.run(consume(s, total)))
 
 
+@pytest.mark.slow
 def test_broker_down_then_restarted(tmp_path: Any) -> None:
     own = LocalBroker().start()  # memory-only: a restart loses its topics
     s = outbox_settings(own.bootstrap_servers)

@@ -56,6 +56,7 @@ def admin() -> psycopg.Connection[Any]:
     return psycopg.connect(**{**info, "dbname": "postgres"}, autocommit=True)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("fresh", ["database", "schema"])
 def test_six_processes_starting_at_once_on_a_fresh_store_all_succeed(fresh: str) -> None:
