@@ -335,7 +335,7 @@ _TRACEPARENT = {
     "pattern": "^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$",
     "description": "W3C trace context of the inbound message whose command caused the "
     "event (with tracing on, of the outbox's publish span in that trace). Absent when "
-    "the cause carried none and tracing is off (README: Tracing).",
+    "the cause carried none and tracing is off (docs/operations.md: Tracing).",
 }
 _IN_HEADERS = {
     "type": "object",
@@ -366,7 +366,7 @@ _DLQ_HEADERS = {
         "dlq.reason": {
             "type": "string",
             "description": "A stable code, e.g. INVALID_DATA, REGISTRATION_CONFLICT, "
-            "PROCESSING_ERROR (README: Dead letters).",
+            "PROCESSING_ERROR (docs/kafka.md: Dead letters).",
         },
         "dlq.detail": {"type": "string", "maxLength": 500},
         "dlq.source.topic": {"type": "string"},

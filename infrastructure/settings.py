@@ -1,6 +1,6 @@
 """Configuration from the environment, validated once at start-up.
 
-Every name is in README "Configuration". URLs that can hold a password are
+Every name is in docs/configuration.md. URLs that can hold a password are
 kept as ``SecretStr``: they never appear in a repr, a log line or an error.
 """
 

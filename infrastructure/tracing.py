@@ -10,7 +10,7 @@ batching exporter (OTLP over HTTP, or the console) and shuts it down (flushing
 what is buffered) when it closes. The provider is the container's own: it is
 not set as the process's global provider.
 
-The spans (README, "Tracing"): ``consume`` (worker, one
+The spans (docs/operations.md, "Tracing"): ``consume`` (worker, one
 per inbound message, under the inbound ``traceparent``), ``decide`` and
 ``store`` (``BatchService``, under ``consume``), ``project`` (projector) and
 ``publish`` (outbox), under the context stored with each event.

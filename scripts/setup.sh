@@ -20,7 +20,7 @@ pip_install() {  # quiet, but a failed install stops the set-up with pip's own w
   grep -v -E "^(WARNING: Location|  )" "$log" >&2 || true
   rm -f "$log"
 }
-# Exactly the locked versions (hashes checked; see the README on regenerating the lock),
+# Exactly the locked versions (hashes checked; see docs/deploy.md on regenerating the lock),
 # then the project itself without resolving anything again. The lock holds the [dev]
 # and [local] extras (the local broker for the tests and the main job).
 pip_install --require-hashes -r requirements-dev.lock

@@ -1,6 +1,6 @@
 """Bounds on every PostgreSQL connection: a silent server never hangs a call.
 
-Three layers, all from Settings (README "Configuration", docs/faults.md):
+Three layers, all from Settings (docs/configuration.md, docs/faults.md):
 
 - libpq, per connection: ``connect_timeout``; TCP keepalives
   (``keepalives_idle`` / ``_interval`` / ``_count``) and ``tcp_user_timeout``,

@@ -1,5 +1,5 @@
 """A plain-Python reference model of the Batch rules, written from the words of
-``docs/contract.md`` §2 (and the README where the contract leaves a choice to
+``docs/contract.md`` §2 (and docs/rules.md where the contract leaves a choice to
 the project), not from ``domain/batch.py``.
 
 Every rule below quotes the sentence it implements. The model knows nothing of
@@ -119,7 +119,7 @@ class RefBatch:
         # §3: "a batch has 1 to 5,000 slots, all distinct" (the edge refuses the rest).
         if not essay_ids or len(set(essay_ids)) != len(essay_ids):
             return RefResult("rejected", reason="INVALID_REGISTRATION")
-        # §2: pending content "is closed with PendingContentExpired"; README: "a later
+        # §2: pending content "is closed with PendingContentExpired"; docs/rules.md: "a later
         # registration is dead-lettered as BATCH_EXPIRED".
         if self.status == "expired":
             return RefResult("rejected", reason="BATCH_EXPIRED")
@@ -210,7 +210,7 @@ class RefBatch:
 
     def time_out(self, now: datetime, cid: str) -> RefResult:
         # "an open batch past its deadline ... is closed with BatchCompleted, outcome
-        # timed_out, listing the missing essay ids" (README: at or past the deadline).
+        # timed_out, listing the missing essay ids" (docs/rules.md: at or past the deadline).
         if self.status != "open" or self.deadline is None or now < self.deadline:
             return RefResult("noop")
         self._close("timed_out", now, cid)
@@ -218,7 +218,7 @@ class RefBatch:
 
     def expire_pending(self, now: datetime, ttl: int, cid: str) -> RefResult:
         # "Pending content of a batch never registered within PENDING_TTL_SECONDS ...
-        # is closed with PendingContentExpired" (README: counted from its first
+        # is closed with PendingContentExpired" (docs/rules.md: counted from its first
         # pending content, at or past that moment).
         if self.status != "awaiting_registration" or self.first_pending_at is None:
             return RefResult("noop")

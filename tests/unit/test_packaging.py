@@ -1,7 +1,7 @@
 """Packaging: the lock files follow pyproject.toml, the local broker is an
 extra, and the Dockerfile is a pinned multi-stage build of the production lock.
 
-The lock files are regenerated with `bash scripts/lock.sh` (README, Packaging); these
+The lock files are regenerated with `bash scripts/lock.sh` (docs/deploy.md, Packaging); these
 tests fail when pyproject.toml changes without that.
 """
 
