@@ -1,4 +1,4 @@
-"""Benchmark (issues 7, 14, 16): how fast is the service, against baselines of the same run.
+"""Benchmark: how fast is the service, against baselines of the same run.
 
     python scripts/bench.py [--quick] [--json FILE] [--only SECTIONS] [--profile]
 
@@ -14,7 +14,7 @@ Sections (all measured in this one run, on this machine, everything on it):
 5. split     the same with 2 workers + projector + outbox as separate processes
 6. scaling   per-command cost in a 25-slot and a 5,000-slot batch (one command per
              execute); service RSS after 1,000 and after 50,000 batches
-7. scale     issue 16: command path with 1, 2 and 4 worker processes, and end to end in
+7. scale     command path with 1, 2 and 4 worker processes, and end to end in
              split mode with 1, 2 and 4 workers on 6 partitions (drain only)
 8. keys      split mode (2 workers) with HuleEdu's real keys: content and validation
              failures keyed by file_upload_id vs by batch id (drain, paced, light),

@@ -40,7 +40,7 @@ class Sizes:
     big_commands: int
     small_batches: int
     memory_batches: tuple[int, int]
-    scale_batches: int  # issue 16's end-to-end scaling rows (drain only)
+    scale_batches: int  # the end-to-end scaling rows (drain only)
     e2e_light_batches: int  # the light-load phase (200 commands/s)
 
 

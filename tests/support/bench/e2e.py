@@ -598,7 +598,7 @@ def bench_e2e(
 
 
 def bench_scale_e2e(sizes: Sizes) -> dict[str, Any]:
-    """Issue 16: split mode with 1, 2 and 4 worker processes on 6 partitions (drain)."""
+    """Split mode with 1, 2 and 4 worker processes on 6 partitions (drain)."""
     out: dict[str, Any] = {}
     for workers in (1, 2, 4):
         console.print(f"  split, {workers} worker(s), 6 partitions")

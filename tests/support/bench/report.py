@@ -48,7 +48,7 @@ def machine() -> dict[str, Any]:
 
 
 def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
-    """Issue 14's targets (and issue 7's that still hold), from one run's figures."""
+    """The speed targets (and the first round's that still hold), from one run's figures."""
     limit1 = r["limit"]["tx_per_s_1"]
     svc1 = r["service"]["workers_1"]["commands_per_s"]
     naive = r["naive"]["commands_per_s"]
