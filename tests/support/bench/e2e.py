@@ -405,6 +405,14 @@ def start_profilers(
     ]
 
 
+def stop_profilers(spies: list[subprocess.Popen[bytes]]) -> None:
+    """Let every py-spy write its samples (SIGINT), then wait for them."""
+    for spy in spies:
+        spy.send_signal(signal.SIGINT)
+    for spy in spies:
+        spy.wait(60)
+
+
 def bench_e2e(
     sizes: Sizes,
     mode: str,
@@ -492,10 +500,7 @@ def bench_e2e(
                 spies.extend(start_profilers(parts, procs, profile, log))
             done = await wait_done(probe, drain, 900)
             cpu = meter.stop()
-            for spy in spies:
-                spy.send_signal(signal.SIGINT)
-            for spy in spies:
-                spy.wait(60)
+            stop_profilers(spies)
             if settle_first:
                 started = await sending
             first = started if settle_first else (probe.first_event or started)
@@ -525,10 +530,7 @@ def bench_e2e(
                 start = await producer.send(half, rate)
                 paced_done = await wait_done(probe, half, 600)
                 cpu = meter.stop()
-                for spy in spies:
-                    spy.send_signal(signal.SIGINT)
-                for spy in spies:
-                    spy.wait(60)
+                stop_profilers(spies)
                 handled += len(half.messages)
                 after_paced = await counters(by_name, handled)
                 out["paced"] = {
