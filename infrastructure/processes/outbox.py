@@ -72,7 +72,7 @@ from infrastructure.postgres.listen import Listener
 from infrastructure.postgres.parking import ParkingLot
 from infrastructure.postgres.recorder import traceparent_of_notification
 from infrastructure.postgres.store import ddl_lock
-from infrastructure.processes.follower import follow, run_blocking
+from infrastructure.processes.follower import check_fence, follow, run_blocking
 from infrastructure.settings import Settings
 from infrastructure.tracing import Tracing, ending
 from projections.envelope import OutboundMessage, envelope_of
@@ -259,6 +259,7 @@ class Outbox:
         await self._checkpoint(progress, final=True)
 
     def _record(self, notification_id: int) -> None:
+        check_fence()  # under a lease: a holder that lost it records (and sends) no more
         with contextlib.suppress(IntegrityError):  # another instance recorded beyond it
             self._tracking.insert_tracking(Tracking(self.application_name, notification_id))
 

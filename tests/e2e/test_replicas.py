@@ -1,0 +1,330 @@
+"""Three ``batchctl run`` replicas on one store: each follower runs on one of them.
+
+Real processes, real PostgreSQL, Redis and broker. Which replica leads which
+follower is read from each replica's /metrics (``batchslot_follower_leader``).
+
+- no faults: every event is published once (at most 1 % duplicates), and the
+  three followers spread over the three replicas;
+- kill -9 of the outbox's leader under traffic: another replica resumes
+  publishing within 10 s, republishing at most one page (250 events);
+- SIGSTOP of the outbox's leader past its lease: a standby takes over, and the
+  holder, once woken, publishes nothing new (at most the page it was sending).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from infrastructure.bootstrap import Bootstrap
+from infrastructure.kafka.local_broker import free_port
+from infrastructure.processes.outbox import Outbox
+from infrastructure.settings import Settings
+from tests.e2e.conftest import drained, produce, service_env
+from tests.e2e.test_outbox_restart import notification_ids, published_ids
+from tests.support.scenario import Message, content, registration
+
+ROOT = Path(__file__).resolve().parents[2]
+BOUND = 45.0
+FOLLOWERS = ("projector", "outbox", "due_index")
+PAGE = 250  # the outbox's page: what a holder can send before it notices it lost its lease
+LEASE_TTL = 5.0  # the default LEASE_TTL_SECONDS
+
+
+@dataclass
+class Replica:
+    index: int
+    port: int
+    log_path: Path
+    proc: subprocess.Popen[bytes]
+
+    def metrics(self) -> str:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as r:
+                return str(r.read().decode())
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return ""
+
+    def value(self, text: str, name: str, **labels: str) -> float:
+        want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+        for line in text.splitlines():
+            if line.startswith(f"{name}{{") and want in line:
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    def leads(self) -> set[str]:
+        text = self.metrics()
+        return {
+            f for f in FOLLOWERS if self.value(text, "batchslot_follower_leader", follower=f) == 1
+        }
+
+    def readyz(self) -> int:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=5) as r:
+                return int(r.status)
+        except urllib.error.HTTPError as e:
+            return int(e.code)
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return 0
+
+    def tail(self, lines: int = 20) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def log_messages(self) -> list[str]:
+        found = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            if line.startswith("{"):
+                found.append(str(json.loads(line).get("msg", "")))
+        return found
+
+
+def start(settings: Settings, tmp_path: Path, index: int) -> Replica:
+    port = free_port()
+    env = service_env(
+        settings, METRICS_PORT=str(port), LOG_LEVEL="INFO", READYZ_CACHE_SECONDS="0.5"
+    )
+    log_path = tmp_path / f"replica-{index}.log"
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "infrastructure.cli.main", "run", "--no-local-broker"],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    return Replica(index, port, log_path, proc)
+
+
+def until(
+    check: Callable[[], bool], what: str, replicas: list[Replica], bound: float = BOUND
+) -> None:
+    deadline = time.monotonic() + bound
+    while not check():
+        for r in replicas:
+            if r.proc.poll() is not None and r.proc.returncode not in (-9,):
+                pytest.fail(f"replica {r.index} exited {r.proc.returncode}:\n{r.tail()}")
+        if time.monotonic() > deadline:
+            tails = "\n\n".join(f"replica {r.index}:\n{r.tail()}" for r in replicas)
+            pytest.fail(f"{what} not reached within {bound:.0f}s:\n{tails}")
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def replicas(e2e_settings: Settings, tmp_path: Path) -> Iterator[list[Replica]]:
+    started = [start(e2e_settings, tmp_path, i) for i in range(3)]
+    yield started
+    for r in started:
+        if r.proc.poll() is None:
+            os.kill(r.proc.pid, signal.SIGCONT)
+            r.proc.send_signal(signal.SIGTERM)
+    for r in started:
+        try:
+            r.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            r.proc.kill()
+            r.proc.wait(10)
+
+
+def leader_of(replicas: list[Replica], follower: str) -> list[Replica]:
+    return [r for r in replicas if r.proc.poll() is None and follower in r.leads()]
+
+
+def one_leader_each(replicas: list[Replica]) -> bool:
+    return all(len(leader_of(replicas, f)) == 1 for f in FOLLOWERS)
+
+
+def batch_messages(prefix: str, batches: int, essays: int = 10) -> list[Message]:
+    messages = []
+    for b in range(batches):
+        batch = f"{prefix}-{b}"
+        ids = [f"{batch}-e{i}" for i in range(essays)]
+        messages.append(registration(batch, ids))
+        messages += [content(batch, f"t-{e}", f"f-{e}") for e in ids]
+    return messages
+
+
+class Traffic:
+    """Rounds of batches produced every ``every`` seconds in a thread, until stopped."""
+
+    def __init__(self, settings: Settings, batches: int = 10, every: float = 0.25) -> None:
+        self.settings, self.batches, self.every = settings, batches, every
+        self.rounds = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._main, daemon=True)
+
+    def __enter__(self) -> Traffic:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def _main(self) -> None:
+        while not self._stop.is_set():
+            asyncio.run(produce(self.settings, batch_messages(f"r{self.rounds}", self.batches)))
+            self.rounds += 1
+            self._stop.wait(self.every)
+
+
+class Store:
+    """The store's head and the outbox's position, read directly."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.service = Bootstrap(settings).batch_service()
+        self.reader = Outbox(settings, self.service)
+
+    def head(self) -> int:
+        return self.service.recorder.max_notification_id() or 0
+
+    def published(self) -> int:
+        return self.reader.position()
+
+    def close(self) -> None:
+        self.service.close()
+
+
+def all_published(settings: Settings, store: Store, replicas: list[Replica]) -> Counter[bytes]:
+    asyncio.run(drained(settings, timeout=60))
+    until(lambda: store.published() >= store.head() > 0, "the outbox caught up", replicas)
+    stored = notification_ids(settings)
+    seen = Counter(asyncio.run(published_ids(settings, at_least=len(stored))))
+    assert set(seen) == set(stored), "events lost or unknown on the topic"
+    return seen
+
+
+def duplicates(seen: Counter[bytes]) -> int:
+    return sum(n - 1 for n in seen.values())
+
+
+@pytest.mark.timeout(120)
+def test_three_replicas_share_the_followers_and_publish_every_event_once(
+    e2e_settings: Settings, replicas: list[Replica]
+) -> None:
+    until(lambda: all(r.readyz() == 200 for r in replicas), "every replica ready", replicas)
+    # The followers spread: one each (the first replica up takes all three, then hands over).
+    until(
+        lambda: one_leader_each(replicas) and all(len(r.leads()) == 1 for r in replicas),
+        "one follower per replica",
+        replicas,
+        bound=30,
+    )
+    assert all(r.readyz() == 200 for r in replicas)  # standbys are ready
+    store = Store(e2e_settings)
+    try:
+        with Traffic(e2e_settings, batches=20) as traffic:
+            until(lambda: traffic.rounds >= 8, "traffic", replicas)
+        seen = all_published(e2e_settings, store, replicas)
+        events = len(seen)
+        print(json.dumps({"events": events, "duplicates": duplicates(seen)}))
+        assert duplicates(seen) <= events // 100, duplicates(seen)
+        assert one_leader_each(replicas)
+    finally:
+        store.close()
+
+
+@pytest.mark.timeout(150)
+def test_kill_9_of_the_outbox_leader_under_traffic_resumes_on_another_within_10s(
+    e2e_settings: Settings, replicas: list[Replica]
+) -> None:
+    until(lambda: one_leader_each(replicas), "a leader for every follower", replicas)
+    store = Store(e2e_settings)
+    try:
+        with Traffic(e2e_settings) as traffic:
+            until(lambda: traffic.rounds >= 4 and store.published() > 0, "publishing", replicas)
+            (victim,) = leader_of(replicas, "outbox")
+            os.kill(victim.proc.pid, signal.SIGKILL)
+            killed = time.monotonic()
+            victim.proc.wait(10)
+            at_kill = store.published()
+            others = [r for r in replicas if r is not victim]
+            until(lambda: len(leader_of(others, "outbox")) == 1, "a new outbox leader", others)
+            led = time.monotonic() - killed
+            until(lambda: store.published() > at_kill, "publishing again", others, bound=10)
+            resumed = time.monotonic() - killed
+            until(lambda: traffic.rounds >= 12, "more traffic", others)
+        seen = all_published(e2e_settings, store, others)
+        figures = {
+            "events": len(seen),
+            "duplicates": duplicates(seen),
+            "new_leader_s": round(led, 2),
+            "publishing_again_s": round(resumed, 2),
+        }
+        print(json.dumps(figures))
+        assert resumed < 10, figures
+        assert duplicates(seen) <= PAGE, figures
+        (taker,) = leader_of(others, "outbox")
+        assert any(m.startswith("leading outbox") for m in taker.log_messages())
+    finally:
+        store.close()
+
+
+@pytest.mark.timeout(150)
+def test_a_stopped_outbox_leader_is_taken_over_and_publishes_nothing_new_when_woken(
+    e2e_settings: Settings, replicas: list[Replica]
+) -> None:
+    until(lambda: one_leader_each(replicas), "a leader for every follower", replicas)
+    store = Store(e2e_settings)
+    try:
+        with Traffic(e2e_settings) as traffic:
+            until(lambda: traffic.rounds >= 4 and store.published() > 0, "publishing", replicas)
+            (victim,) = leader_of(replicas, "outbox")
+            os.kill(victim.proc.pid, signal.SIGSTOP)
+            stopped = time.monotonic()
+            others = [r for r in replicas if r is not victim]
+            until(lambda: len(leader_of(others, "outbox")) == 1, "a standby took over", others)
+            took = time.monotonic() - stopped
+            at_takeover = store.published()
+            until(lambda: store.published() > at_takeover, "publishing again", others, bound=10)
+            resumed = time.monotonic() - stopped
+            # Stay stopped past the lease, then wake it up while the traffic goes on.
+            time.sleep(max(0.0, stopped + LEASE_TTL + 2 - time.monotonic()))
+            while_stopped = Counter(asyncio.run(published_ids(e2e_settings)))
+            os.kill(victim.proc.pid, signal.SIGCONT)
+            until(
+                lambda: "outbox" not in victim.leads() and victim.metrics() != "",
+                "the woken holder standing by",
+                replicas,
+            )
+            time.sleep(3)  # it would publish now if it were not fenced
+        seen = all_published(e2e_settings, store, replicas)
+        after_wake = duplicates(seen) - duplicates(while_stopped)
+        figures = {
+            "events": len(seen),
+            "duplicates": duplicates(seen),
+            "duplicates_after_wake": after_wake,
+            "standby_leads_s": round(took, 2),
+            "publishing_again_s": round(resumed, 2),
+        }
+        print(json.dumps(figures))
+        assert took < LEASE_TTL + 3, figures
+        assert after_wake <= PAGE, figures
+        assert duplicates(seen) <= PAGE, figures
+        text = victim.metrics()
+        lost = sum(
+            victim.value(text, "batchslot_follower_lease_losses_total", follower="outbox", reason=r)
+            for r in ("lost", "fenced")
+        )
+        assert lost >= 1, text
+        assert len(leader_of(replicas, "outbox")) == 1
+        assert any(
+            re.match(r"standing by for outbox: lease (lost|fenced)", m)
+            for m in victim.log_messages()
+        )
+    finally:
+        store.close()
