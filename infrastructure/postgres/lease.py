@@ -346,12 +346,17 @@ class LeaseKeeper:
 
 
 def lease_connection(settings: Settings, instance: str) -> psycopg.Connection[Any]:
-    """The keeper's connection: the usual bounds, a call deadline and statement timeout
-    of half the TTL, and ``idle_session_timeout`` = TTL (the server ends the session,
-    and so its leases, when the holder stops sending heartbeats)."""
+    """The keeper's connection: the usual bounds; a call deadline, statement timeout and
+    connect timeout of about half the TTL (libpq's is whole seconds, at least 2); and
+    ``idle_session_timeout`` = TTL: the server ends the session, and so its leases, when
+    the holder stops sending heartbeats."""
     ttl_ms = int(settings.lease_ttl_seconds * 1000)
     bounds = {
         **libpq_bounds(settings),
+        "connect_timeout": min(
+            settings.database_connect_timeout_seconds,
+            max(2, math.ceil(settings.lease_ttl_seconds / 2)),
+        ),
         "options": f"-c statement_timeout={ttl_ms // 2} -c idle_session_timeout={ttl_ms}",
         "application_name": f"batchslot-lease {instance}"[:63],
     }
