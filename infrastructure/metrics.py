@@ -111,8 +111,10 @@ FOLLOWER_TAKEOVERS = Counter(
 )
 FOLLOWER_TAKEOVER_SECONDS = Histogram(
     "batchslot_follower_takeover_seconds",
-    "Seconds this instance saw a follower's lease free before it took it (a takeover after "
-    "a holder died or stopped adds the time its session took to end, at most LEASE_TTL_SECONDS).",
+    "Takeovers: seconds from the previous holder's last sign of life (its session's last "
+    "statement, as this instance last saw it) to taking the follower's lease: about how long "
+    "the follower ran nowhere (a heartbeat or two after a holder died, LEASE_TTL_SECONDS and "
+    "a heartbeat after one stopped or was partitioned; 0 when nobody held it before).",
     ["follower"],
     buckets=(0.0, 0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 30.0, 60.0),
 )

@@ -59,11 +59,15 @@ log = logging.getLogger("batchslot.lease")
 LEASE_LOCK_KEY = 0x42534C45  # "BSLE": the first key of every follower lease
 GRACE = 3  # heartbeats a lease stays free before an instance at its fair share takes it
 
+# Every lease and peer lock of the database: key, holder, mine?, mode, and how long ago
+# the holder's session last began or ended a statement (a live keeper: under a heartbeat).
 _STATE = """
-SELECT objid::bigint, pid, pid = pg_backend_pid(), mode
-FROM pg_locks
-WHERE locktype = 'advisory' AND granted AND objsubid = 2 AND classid = %s::bigint::oid
-  AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+SELECT l.objid::bigint, l.pid, l.pid = pg_backend_pid(), l.mode,
+       coalesce(extract(epoch FROM now() - a.state_change), 0)::float8
+FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+  AND l.classid = %s::bigint::oid
+  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
 """
 
 
@@ -103,7 +107,10 @@ class Change:
     follower: str
     what: str  # "acquired", "lost", "release" (hand it over: fair share exceeded)
     detail: str = ""
-    free_for: float = 0.0  # acquired: seconds this keeper saw the lease free before taking it
+    # acquired: seconds since the previous holder's session last showed life (its last
+    # statement, as this keeper last saw it; 0: nobody held it): about how long the
+    # follower ran nowhere
+    waited: float = 0.0
 
 
 @dataclass
@@ -112,9 +119,11 @@ class _State:
     releasing: set[str] = field(default_factory=set)
     confirmed_at: float = -math.inf  # monotonic time the last confirming heartbeat was sent
     free_since: dict[str, float] = field(default_factory=dict)
+    last_alive: dict[str, float] = field(default_factory=dict)  # the other holder, last seen
     holder: dict[str, int] = field(default_factory=dict)  # follower -> pid of its holder
     peers: int = 1
     quiet_until: float = 0.0  # no hand-over before this (the last one settles first)
+    acquired: dict[str, Change] = field(default_factory=dict)  # the last takeover of each
 
 
 class LeaseKeeper:
@@ -170,6 +179,11 @@ class LeaseKeeper:
         self.heartbeat(acquire=False)
         if not self.confirmed(follower):
             raise LeaseLost(f"the {follower} lease is no longer held by this instance")
+
+    def acquired(self, follower: str) -> Change | None:
+        """How this instance last took the lease of ``follower`` (for the log line)."""
+        with self._lock:
+            return self._state.acquired.get(follower)
 
     def release_requested(self, follower: str) -> bool:
         with self._lock:
@@ -228,7 +242,7 @@ class LeaseKeeper:
         changes: list[Change] = []
         mine = {
             self._names[o]
-            for o, _, me, mode in rows
+            for o, _, me, mode, _ in rows
             if me and o in self._names and mode == "ExclusiveLock"
         }
         for name in sorted(state.held - mine):
@@ -239,12 +253,13 @@ class LeaseKeeper:
         if not acquire:
             return changes
         peers_u = self._peers_key % 2**32
-        peers = {pid for o, pid, _, mode in rows if o == peers_u and mode == "ShareLock"}
-        holders = {
-            self._names[o]: pid
-            for o, pid, _, mode in rows
-            if o in self._names and mode == "ExclusiveLock"
-        }
+        peers = {pid for o, pid, _, mode, _ in rows if o == peers_u and mode == "ShareLock"}
+        holders: dict[str, int] = {}
+        for o, pid, me, mode, idle in rows:
+            if o in self._names and mode == "ExclusiveLock":
+                holders[self._names[o]] = pid
+                if not me:
+                    state.last_alive[self._names[o]] = sent - idle
         state.holder.update(holders)
         state.peers = max(1, len(peers))
         fair = math.ceil(len(self.order) / state.peers)
@@ -261,7 +276,10 @@ class LeaseKeeper:
                 previous = state.holder.get(name)
                 state.holder[name] = conn.info.backend_pid
                 detail = f"previous holder backend {previous}" if previous else "first holder"
-                changes.append(Change(name, "acquired", detail, free_for=now - since))
+                waited = now - state.last_alive.pop(name, now)
+                change = Change(name, "acquired", detail, waited=waited)
+                state.acquired[name] = change
+                changes.append(change)
         # Hand one over when above the fair share while a peer is below it (and no lease
         # is free or being handed over: the counts are settled).
         counts = {pid: 0 for pid in peers}
@@ -279,7 +297,7 @@ class LeaseKeeper:
         ):
             name = [n for n in self.order if n in state.held][-1]
             state.releasing.add(name)
-            state.quiet_until = now + (GRACE + 1) * self.interval
+            state.quiet_until = now + 2 * self.interval
             changes.append(
                 Change(
                     name, "release", f"{len(state.held)} held, fair share {fair} of {state.peers}"

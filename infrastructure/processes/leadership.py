@@ -19,8 +19,9 @@ records a position. A follower that fails stops the process as before.
 
 Visible: ``batchslot_follower_leader{follower}`` (1 leading, 0 standing by),
 ``batchslot_follower_takeovers_total{follower}`` and
-``batchslot_follower_takeover_seconds{follower}`` (how long this instance saw
-the lease free before it took it), ``batchslot_follower_lease_losses_total
+``batchslot_follower_takeover_seconds{follower}`` (from the previous
+holder's last sign of life to the takeover: about how long the follower ran
+nowhere), ``batchslot_follower_lease_losses_total
 {follower,reason}`` and a log line on each takeover, loss and hand-over.
 """
 
@@ -133,14 +134,14 @@ class Leadership:
             if not keeper.holds(name):
                 await self._wait_change(name, stop)
                 continue
-            change = self._last_change.get(name)
-            free_for = change.free_for if change is not None and change.what == "acquired" else 0.0
+            change = keeper.acquired(name)
+            waited = change.waited if change is not None else 0.0
             metrics.FOLLOWER_TAKEOVERS.labels(name).inc()
-            metrics.FOLLOWER_TAKEOVER_SECONDS.labels(name).observe(free_for)
+            metrics.FOLLOWER_TAKEOVER_SECONDS.labels(name).observe(waited)
             log.info(
-                "leading %s (lease taken after it was free %.1fs; %s)",
+                "leading %s (lease taken %.1fs after its previous holder last showed life; %s)",
                 name,
-                free_for,
+                waited,
                 change.detail if change is not None else "",
                 extra={"follower": name, "instance": keeper.instance, "peers": keeper.peers},
             )

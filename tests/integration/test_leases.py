@@ -124,6 +124,8 @@ def test_a_silent_holder_loses_its_leases_after_the_ttl_and_is_fenced(
         time.sleep(0.1)
     took = time.monotonic() - started
     assert 0.9 <= took <= 3.0, took  # the TTL (1 s) plus a heartbeat or two
+    taken = b.acquired("outbox")
+    assert taken is not None and 0.8 <= taken.waited <= took  # since a was last seen holding
     assert not a.confirmed("outbox")  # its last confirmation is older than TTL / 2
     with pytest.raises(LeaseLost):
         a.confirm("outbox")  # asks the server: the session is gone
