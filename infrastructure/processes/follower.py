@@ -64,7 +64,8 @@ def check_fence() -> None:
         fence.confirm()
 
 
-async def _check_fence() -> None:
+async def acheck_fence() -> None:
+    """``check_fence`` for the event loop (no round trip while the lease is fresh)."""
     fence = FENCE.get()
     if fence is not None and not fence.fresh():
         await asyncio.to_thread(fence.confirm)
@@ -104,7 +105,7 @@ async def follow(
     try:
         while not stop.is_set():
             try:
-                await _check_fence()
+                await acheck_fence()
                 after = await follower.read_after()
                 page = await asyncio.to_thread(
                     recorder.select_notifications,
