@@ -7,6 +7,8 @@ follower is read from each replica's /metrics (``batchslot_follower_leader``).
   three followers spread over the three replicas;
 - kill -9 of the outbox's leader under traffic: another replica resumes
   publishing within 10 s, republishing at most one page (250 events);
+- kill -9 of the outbox's leader twice while it publishes a backlog (the worst
+  case: a page always in flight): each takeover republishes at most one page;
 - SIGSTOP of the outbox's leader past its lease: a standby takes over, and the
   holder, once woken, publishes nothing new (at most the page it was sending).
 """
@@ -32,11 +34,13 @@ from pathlib import Path
 import pytest
 
 from infrastructure.bootstrap import Bootstrap
-from infrastructure.kafka.local_broker import free_port
+from infrastructure.kafka.clients import ensure_topics
+from infrastructure.kafka.local_broker import LocalBroker, free_port
 from infrastructure.processes.outbox import Outbox
 from infrastructure.settings import Settings
-from tests.e2e.conftest import drained, produce, service_env
-from tests.e2e.test_outbox_restart import notification_ids, published_ids
+from tests.conftest import drop_redis_prefix, drop_schema
+from tests.e2e.conftest import drained, kafka_settings, produce, service_env
+from tests.e2e.test_outbox_restart import backlog, notification_ids, published_ids
 from tests.support.scenario import Message, content, registration
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -148,6 +152,11 @@ def one_leader_each(replicas: list[Replica]) -> bool:
     return all(len(leader_of(replicas, f)) == 1 for f in FOLLOWERS)
 
 
+def spread(replicas: list[Replica]) -> bool:
+    """Every follower led by one replica, each replica leading one (the hand-overs done)."""
+    return one_leader_each(replicas) and all(len(r.leads()) == 1 for r in replicas)
+
+
 def batch_messages(prefix: str, batches: int, essays: int = 10) -> list[Message]:
     messages = []
     for b in range(batches):
@@ -218,12 +227,9 @@ def test_three_replicas_share_the_followers_and_publish_every_event_once(
 ) -> None:
     until(lambda: all(r.readyz() == 200 for r in replicas), "every replica ready", replicas)
     # The followers spread: one each (the first replica up takes all three, then hands over).
-    until(
-        lambda: one_leader_each(replicas) and all(len(r.leads()) == 1 for r in replicas),
-        "one follower per replica",
-        replicas,
-        bound=30,
-    )
+    started = time.monotonic()
+    until(lambda: spread(replicas), "one follower per replica", replicas, bound=30)
+    print(json.dumps({"spread_s": round(time.monotonic() - started, 1)}))
     assert all(r.readyz() == 200 for r in replicas)  # standbys are ready
     store = Store(e2e_settings)
     try:
@@ -242,7 +248,7 @@ def test_three_replicas_share_the_followers_and_publish_every_event_once(
 def test_kill_9_of_the_outbox_leader_under_traffic_resumes_on_another_within_10s(
     e2e_settings: Settings, replicas: list[Replica]
 ) -> None:
-    until(lambda: one_leader_each(replicas), "a leader for every follower", replicas)
+    until(lambda: spread(replicas), "one follower per replica", replicas)
     store = Store(e2e_settings)
     try:
         with Traffic(e2e_settings) as traffic:
@@ -278,7 +284,7 @@ def test_kill_9_of_the_outbox_leader_under_traffic_resumes_on_another_within_10s
 def test_a_stopped_outbox_leader_is_taken_over_and_publishes_nothing_new_when_woken(
     e2e_settings: Settings, replicas: list[Replica]
 ) -> None:
-    until(lambda: one_leader_each(replicas), "a leader for every follower", replicas)
+    until(lambda: spread(replicas), "one follower per replica", replicas)
     store = Store(e2e_settings)
     try:
         with Traffic(e2e_settings) as traffic:
@@ -328,3 +334,60 @@ def test_a_stopped_outbox_leader_is_taken_over_and_publishes_nothing_new_when_wo
         )
     finally:
         store.close()
+
+
+@pytest.mark.timeout(150)
+def test_kill_9_of_the_outbox_leader_mid_backlog_republishes_at_most_one_page_each(
+    broker: LocalBroker, tmp_path: Path
+) -> None:
+    s = kafka_settings(broker)
+    asyncio.run(ensure_topics(s))
+    total = backlog(s, batches=20, slots=1500)  # ~30,000 events waiting
+    nid = notification_ids(s)
+    store = Store(s)
+    alive = [start(s, tmp_path, i) for i in range(3)]
+    kills: list[int] = []  # the recorded position at each kill: where the taker resumes
+    resumed: list[float] = []
+    try:
+        for threshold in (total // 5, 2 * total // 5):
+            until(lambda: store.published() >= threshold, "publishing", alive)  # noqa: B023
+            until(lambda: len(leader_of(alive, "outbox")) == 1, "an outbox leader", alive)
+            (victim,) = leader_of(alive, "outbox")
+            os.kill(victim.proc.pid, signal.SIGKILL)
+            killed = time.monotonic()
+            victim.proc.wait(10)
+            alive.remove(victim)
+            at_kill = store.published()
+            assert at_kill < total, "the kill came after the end"
+            kills.append(at_kill)
+            until(lambda: store.published() > at_kill, "publishing again", alive, bound=10)  # noqa: B023
+            resumed.append(round(time.monotonic() - killed, 2))
+        until(lambda: store.published() >= total, "the backlog published", alive, bound=60)
+        seen = Counter(asyncio.run(published_ids(s, at_least=total)))
+        assert set(seen) == set(nid)  # nothing lost
+        # A takeover republishes from the recorded position: each duplicate belongs to
+        # the last kill at or before its notification id.
+        republished = [0] * len(kills)
+        for event_id, n in seen.items():
+            for k in reversed(range(len(kills))):
+                if n > 1 and nid[event_id] > kills[k]:
+                    republished[k] += n - 1
+                    break
+        figures = {
+            "events": total,
+            "republished_per_kill": republished,
+            "duplicates": duplicates(seen),
+            "publishing_again_s": resumed,
+        }
+        print(json.dumps(figures))
+        assert sum(republished) == duplicates(seen), figures
+        assert max(republished) <= PAGE, figures
+        assert max(resumed) < 10, figures
+    finally:
+        for r in alive:
+            r.proc.send_signal(signal.SIGTERM)
+        for r in alive:
+            r.proc.wait(30)
+        store.close()
+        drop_schema(s)
+        drop_redis_prefix(s)
