@@ -124,6 +124,9 @@ class _State:
     peers: int = 1
     quiet_until: float = 0.0  # no hand-over before this (the last one settles first)
     acquired: dict[str, Change] = field(default_factory=dict)  # the last takeover of each
+    # Incremented at every acquisition: a lease lost and taken again (a new session) is
+    # another lease, and the follower run under the old one must stop.
+    generation: dict[str, int] = field(default_factory=dict)
 
 
 class LeaseKeeper:
@@ -160,24 +163,31 @@ class LeaseKeeper:
 
     # ------------------------------------------------------------ the fence
 
-    def holds(self, follower: str) -> bool:
-        with self._lock:
-            return follower in self._state.held
-
-    def confirmed(self, follower: str) -> bool:
-        """Held, and confirmed by the server recently enough that it cannot have ended
-        (no round trip)."""
+    def holds(self, follower: str, generation: int | None = None) -> bool:
+        """Held now (and, given ``generation``, still the same acquisition)."""
         with self._lock:
             state = self._state
-            fresh = time.monotonic() < state.confirmed_at + self.ttl / 2
-            return fresh and follower in state.held
+            same = generation is None or state.generation.get(follower) == generation
+            return follower in state.held and same
 
-    def confirm(self, follower: str) -> None:
+    def generation(self, follower: str) -> int:
+        """Which acquisition of the lease this instance holds (see ``_State.generation``)."""
+        with self._lock:
+            return self._state.generation.get(follower, 0)
+
+    def confirmed(self, follower: str, generation: int | None = None) -> bool:
+        """Held (the same acquisition), and confirmed by the server recently enough that
+        it cannot have ended (no round trip)."""
+        with self._lock:
+            fresh = time.monotonic() < self._state.confirmed_at + self.ttl / 2
+            return fresh and self.holds(follower, generation)
+
+    def confirm(self, follower: str, generation: int | None = None) -> None:
         """Raise ``LeaseLost`` unless the server confirms now that this session holds it."""
-        if self.confirmed(follower):
+        if self.confirmed(follower, generation):
             return
         self.heartbeat(acquire=False)
-        if not self.confirmed(follower):
+        if not self.confirmed(follower, generation):
             raise LeaseLost(f"the {follower} lease is no longer held by this instance")
 
     def acquired(self, follower: str) -> Change | None:
@@ -272,6 +282,7 @@ class LeaseKeeper:
             wanted = len(state.held) < fair or now - since >= GRACE * self.interval
             if wanted and self._try_lock(conn, name):
                 state.held.add(name)
+                state.generation[name] = state.generation.get(name, 0) + 1
                 state.free_since.pop(name, None)
                 previous = state.holder.get(name)
                 state.holder[name] = conn.info.backend_pid
@@ -311,13 +322,14 @@ class LeaseKeeper:
         ).fetchone()
         return row is not None and bool(row[0])
 
-    def release(self, follower: str) -> None:
-        """Give one lease up (its follower has stopped): another instance takes it."""
+    def release(self, follower: str, generation: int | None = None) -> None:
+        """Give one lease up (its follower has stopped): another instance takes it.
+        With ``generation``: only that acquisition (not one taken again since)."""
         with self._lock:
             state = self._state
-            state.releasing.discard(follower)
-            if follower not in state.held:
+            if not self.holds(follower, generation):
                 return
+            state.releasing.discard(follower)
             state.held.discard(follower)
             state.free_since[follower] = time.monotonic()  # counts from now for GRACE
             if self._conn is not None:

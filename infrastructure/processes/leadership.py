@@ -57,12 +57,13 @@ def instance_id() -> str:
 class _Fence:
     keeper: LeaseKeeper
     follower: str
+    generation: int  # the acquisition the follower runs under
 
     def fresh(self) -> bool:
-        return self.keeper.confirmed(self.follower)
+        return self.keeper.confirmed(self.follower, self.generation)
 
     def confirm(self) -> None:
-        self.keeper.confirm(self.follower)
+        self.keeper.confirm(self.follower, self.generation)
 
 
 class Leadership:
@@ -150,8 +151,9 @@ class Leadership:
     async def _run_while_held(self, name: str, run: Run, stop: asyncio.Event) -> None:
         keeper = self.keeper
         follower_stop = asyncio.Event()
+        generation = keeper.generation(name)
         context = contextvars.copy_context()
-        context.run(FENCE.set, _Fence(keeper, name))
+        context.run(FENCE.set, _Fence(keeper, name, generation))
         task = asyncio.create_task(run(follower_stop), name=f"follower-{name}", context=context)
         self._leading.add(name)
         metrics.FOLLOWER_LEADER.labels(name).set(1)
@@ -165,7 +167,7 @@ class Leadership:
                     follower_stop.set()
                     await asyncio.wait([task])
                     break
-                if not keeper.holds(name):
+                if not keeper.holds(name, generation):  # (lost, perhaps taken again since)
                     reason = "lost"
                     task.cancel()
                     await asyncio.wait([task])
@@ -190,10 +192,12 @@ class Leadership:
             raise error
         elif not reason and not stop.is_set():
             reason = "released"  # the loop returned on its own: let another instance run it
+        if reason and reason != "lost":
+            await asyncio.to_thread(keeper.release, name, generation)
         if reason:
-            await asyncio.to_thread(keeper.release, name)
             metrics.FOLLOWER_LEASE_LOSSES.labels(name, reason).inc()
             change = self._last_change.get(name)
+            why = change.detail if change is not None and change.what != "acquired" else ""
             level = logging.INFO if reason == "released" else logging.WARNING
             log.log(
                 level,
@@ -201,6 +205,6 @@ class Leadership:
                 name,
                 reason,
                 time.monotonic() - started,
-                change.detail if change is not None else str(error or ""),
+                why or str(error or "") or "the follower returned",
                 extra={"follower": name, "instance": keeper.instance},
             )

@@ -208,3 +208,23 @@ def test_a_partitioned_holder_is_taken_over_after_the_ttl_and_stands_by_after_he
         assert held(a) == set() and held(b) == set(FOLLOWERS)
     finally:
         proxy.stop()
+
+
+def test_a_lease_lost_and_taken_again_is_another_acquisition(
+    lease_settings: Settings, keepers: list[LeaseKeeper]
+) -> None:
+    """The follower run under the first acquisition must stop even though its instance
+    holds the lease again (from a new session): its fence names the old generation."""
+    a = keeper(lease_settings, keepers, "a")
+    a.heartbeat()
+    first = a.generation("outbox")
+    with a._lock:
+        assert a._conn is not None
+        a._conn.close()  # the session ends (locks released) without the keeper noticing
+    a.heartbeat()  # a new session: lost, then taken again
+    assert a.holds("outbox") and a.generation("outbox") == first + 1
+    assert a.confirmed("outbox") and not a.confirmed("outbox", first)
+    with pytest.raises(LeaseLost):
+        a.confirm("outbox", first)
+    a.release("outbox", first)  # not that acquisition any more: nothing released
+    assert a.holds("outbox")
