@@ -98,10 +98,10 @@ class Replica:
         return found
 
 
-def start(settings: Settings, tmp_path: Path, index: int) -> Replica:
+def start(settings: Settings, tmp_path: Path, index: int, **extra: str) -> Replica:
     port = free_port()
     env = service_env(
-        settings, METRICS_PORT=str(port), LOG_LEVEL="INFO", READYZ_CACHE_SECONDS="0.5"
+        settings, METRICS_PORT=str(port), LOG_LEVEL="INFO", READYZ_CACHE_SECONDS="0.5", **extra
     )
     log_path = tmp_path / f"replica-{index}.log"
     with open(log_path, "ab") as log:
@@ -130,8 +130,16 @@ def until(
 
 
 @pytest.fixture
-def replicas(e2e_settings: Settings, tmp_path: Path) -> Iterator[list[Replica]]:
-    started = [start(e2e_settings, tmp_path, i) for i in range(3)]
+def replica_env() -> dict[str, str]:
+    """Extra environment of the replicas (a test parametrizes it to change it)."""
+    return {}
+
+
+@pytest.fixture
+def replicas(
+    e2e_settings: Settings, tmp_path: Path, replica_env: dict[str, str]
+) -> Iterator[list[Replica]]:
+    started = [start(e2e_settings, tmp_path, i, **replica_env) for i in range(3)]
     yield started
     for r in started:
         if r.proc.poll() is None:
@@ -222,6 +230,8 @@ def duplicates(seen: Counter[bytes]) -> int:
     return sum(n - 1 for n in seen.values())
 
 
+# A short stall timeout: a standby's watchdog must not take "no progress" for a stall.
+@pytest.mark.parametrize("replica_env", [{"STALL_TIMEOUT_SECONDS": "2"}])
 @pytest.mark.timeout(120)
 def test_three_replicas_share_the_followers_and_publish_every_event_once(
     e2e_settings: Settings, replicas: list[Replica]
@@ -241,6 +251,12 @@ def test_three_replicas_share_the_followers_and_publish_every_event_once(
         print(json.dumps({"events": events, "duplicates": duplicates(seen)}))
         assert duplicates(seen) <= events // 100, duplicates(seen)
         assert one_leader_each(replicas)
+        for r in replicas:  # no stall on a standby (nor on a leader)
+            stalls = [
+                line for line in r.metrics().splitlines() if "batchslot_stalls_total{" in line
+            ]
+            assert all(line.endswith(" 0.0") for line in stalls), stalls
+            assert not [m for m in r.log_messages() if m.startswith("stalled:")]
     finally:
         store.close()
 
