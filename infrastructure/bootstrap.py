@@ -6,8 +6,8 @@ PostgreSQL pool), ``view`` (the Redis read model, one Redis client),
 builders of aiokafka clients) are built on first use and kept; the
 long-running processes (``projector()``, ``outbox()``, ``worker()``,
 ``due_follower()``) are built from them, and ``leadership(followers)`` runs
-them under leases (one instance per follower per store). ``close()`` closes what it built, in
-reverse order, and nothing it was given. ``batch_service()`` builds a further,
+them under leases (one instance per follower per store). ``close()`` closes
+what it built, in reverse order, and nothing it was given. ``batch_service()`` builds a further,
 separate service (tests use several "instances" at once). ``tracing`` (the
 tracer provider, ``infrastructure/tracing.py``) is built first, from the
 settings, and shut down last (its buffered spans flushed); off unless
