@@ -5,8 +5,9 @@ PostgreSQL pool), ``view`` (the Redis read model, one Redis client),
 ``due_index`` (the due-batch index beside the store) and ``kafka`` (the
 builders of aiokafka clients) are built on first use and kept; the
 long-running processes (``projector()``, ``outbox()``, ``worker()``,
-``due_follower()``) are built from them. ``close()`` closes what it built, in
-reverse order, and nothing it was given. ``batch_service()`` builds a further,
+``due_follower()``) are built from them, and ``leadership(followers)`` runs
+them under leases (one instance per follower per store). ``close()`` closes
+what it built, in reverse order, and nothing it was given. ``batch_service()`` builds a further,
 separate service (tests use several "instances" at once). ``tracing`` (the
 tracer provider, ``infrastructure/tracing.py``) is built first, from the
 settings, and shut down last (its buffered spans flushed); off unless
@@ -15,7 +16,7 @@ configured.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,7 @@ from infrastructure.tracing import Tracing, build_tracing
 
 if TYPE_CHECKING:
     from infrastructure.processes.due_index import DueIndexFollower
+    from infrastructure.processes.leadership import Leadership
     from infrastructure.processes.outbox import Outbox
     from infrastructure.processes.projector import Projector
     from infrastructure.processes.worker import Worker
@@ -177,3 +179,11 @@ class Bootstrap:
         from infrastructure.processes.due_index import DueIndexFollower
 
         return DueIndexFollower(self.service, self.due_index, self.listener(), **options)
+
+    def leadership(self, followers: Sequence[str], instance: str | None = None) -> Leadership:
+        """The leases of this process on ``followers`` (one keeper connection; given up
+        when the leadership's run ends)."""
+        from infrastructure.postgres.lease import LeaseKeeper
+        from infrastructure.processes.leadership import Leadership, instance_id
+
+        return Leadership(LeaseKeeper(self.settings, followers, instance or instance_id()))

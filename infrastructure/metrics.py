@@ -97,3 +97,31 @@ BUILD_INFO = Gauge(
     "Always 1; the labels say which build runs (package version, Python version).",
     ["version", "python"],
 )
+
+# Follower leases (infrastructure/processes/leadership.py): one instance per follower per store.
+FOLLOWER_LEADER = Gauge(
+    "batchslot_follower_leader",
+    "1 while this instance leads the follower (projector, outbox, due_index), 0 standing by.",
+    ["follower"],
+)
+FOLLOWER_TAKEOVERS = Counter(
+    "batchslot_follower_takeovers_total",
+    "Times this instance took a follower's lease and started running it.",
+    ["follower"],
+)
+FOLLOWER_TAKEOVER_SECONDS = Histogram(
+    "batchslot_follower_takeover_seconds",
+    "Takeovers: seconds from the previous holder's last sign of life (its session's last "
+    "statement, as this instance last saw it) to taking the follower's lease: about how long "
+    "the follower ran nowhere (a heartbeat or two after a holder died, LEASE_TTL_SECONDS and "
+    "a heartbeat after one stopped or was partitioned; 0 when nobody held it before).",
+    ["follower"],
+    buckets=(0.0, 0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 30.0, 60.0),
+)
+FOLLOWER_LEASE_LOSSES = Counter(
+    "batchslot_follower_lease_losses_total",
+    "Times this instance stopped leading a follower: lost (its lease session ended), fenced "
+    "(the follower found the lease gone before a page or a position write), released "
+    "(handed over to a peer holding fewer followers).",
+    ["follower", "reason"],
+)

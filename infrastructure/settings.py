@@ -125,6 +125,9 @@ class Settings(BaseModel):
     startup_timeout_seconds: float = Field(default=60.0, ge=0)
     # The stall watchdog (infrastructure/processes/watchdog.py): work waiting, no progress.
     stall_timeout_seconds: float = Field(default=60.0, gt=0, le=86400)
+    # Follower leases (infrastructure/postgres/lease.py): one instance per follower per store.
+    lease_ttl_seconds: float = Field(default=5.0, ge=1, le=600)
+    lease_retry_seconds: float = Field(default=1.0, ge=0.05, le=60)
     aggregate_cache_size: int = Field(default=10000, ge=0)
     source_service: str = "batch-slot-service"
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
@@ -331,6 +334,8 @@ _ENV: dict[str, str] = {
     "SWEEP_INTERVAL_SECONDS": "sweep_interval_seconds",
     "STARTUP_TIMEOUT_SECONDS": "startup_timeout_seconds",
     "STALL_TIMEOUT_SECONDS": "stall_timeout_seconds",
+    "LEASE_TTL_SECONDS": "lease_ttl_seconds",
+    "LEASE_RETRY_SECONDS": "lease_retry_seconds",
     "AGGREGATE_CACHE_SIZE": "aggregate_cache_size",
     "SOURCE_SERVICE": "source_service",
     "METRICS_PORT": "metrics_port",
@@ -379,6 +384,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         raise SettingsError(f"{var}: {first['msg']}") from None
     _check_kafka_security(settings)
     _check_redis_cluster(settings)
+    _check_lease(settings)
     return settings
 
 
@@ -429,6 +435,16 @@ def _tracing_fields(env: Mapping[str, str]) -> dict[str, object]:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise SettingsError(f"{endpoint_var}: must look like http[s]://host:4318")
     return {**fields, "otel_traces_endpoint": endpoint}
+
+
+def _check_lease(s: Settings) -> None:
+    """A holder renews (and confirms) its leases every LEASE_RETRY_SECONDS and trusts a
+    confirmation for half of LEASE_TTL_SECONDS: a renewal must fit in that half."""
+    if s.lease_retry_seconds * 2 >= s.lease_ttl_seconds:
+        raise SettingsError(
+            f"LEASE_RETRY_SECONDS: must be under half of LEASE_TTL_SECONDS "
+            f"({s.lease_retry_seconds:g} >= {s.lease_ttl_seconds:g} / 2)"
+        )
 
 
 def _check_redis_cluster(s: Settings) -> None:

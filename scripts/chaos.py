@@ -168,6 +168,12 @@ def parse_args(argv: list[str] | None = None) -> Options:
     p.add_argument("--json-out", help="also write the report as JSON to this file")
     p.add_argument("--keep", action="store_true", help="keep the schema and Redis keys")
     p.add_argument(
+        "--standbys",
+        action="store_true",
+        help="a second projector and outbox standing by (follower leases); "
+        "kill_projector / kill_outbox kill the current leader",
+    )
+    p.add_argument(
         "--kinds",
         help="comma-separated fault kinds to draw from (default: "
         + ",".join(FAULT_KINDS)
@@ -187,6 +193,8 @@ def parse_args(argv: list[str] | None = None) -> Options:
         if unknown or not kinds:
             p.error(f"unknown fault kinds: {', '.join(unknown) or '(none)'}")
         changes["kinds"] = kinds
+    if a.standbys:
+        changes["standbys"] = True
     for name in ("batches", "faults", "workers", "time_limit"):
         if getattr(a, name) is not None:
             changes[name] = getattr(a, name)

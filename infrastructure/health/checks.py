@@ -6,7 +6,10 @@
 - ``consumer``: the worker's consumer has started: assigned partitions, or
   waiting for an assignment (a group join or rebalance) — both are ready.
 - ``projection_lag`` / ``outbox_lag``: stored events not yet projected /
-  published, at most READYZ_MAX_LAG_EVENTS.
+  published, at most READYZ_MAX_LAG_EVENTS. The positions are shared by the
+  replicas; on a standby (the follower's lease held by another instance) the
+  lag is reported, never failed: it is the leader's to catch up, and a standby
+  taken out of service would not make it faster.
 
 Each check that talks to a server is a ``Probe``: bounded by
 READYZ_PROBE_TIMEOUT_SECONDS and cached for READYZ_CACHE_SECONDS.
@@ -90,11 +93,19 @@ def consumer_check(worker: Any) -> CheckFn:
     return check
 
 
-def lag_probe(head: Callable[[], int], done: Callable[[], int], limit: int) -> Callable[[], str]:
-    """Lag of a part: the store's head minus its position, failing above ``limit``."""
+def lag_probe(
+    head: Callable[[], int],
+    done: Callable[[], int],
+    limit: int,
+    leading: Callable[[], bool] = lambda: True,
+) -> Callable[[], str]:
+    """Lag of a part: the store's head minus its position, failing above ``limit``
+    (only where the part runs: ``leading``)."""
 
     def probe() -> str:
         lag = max(0, head() - done())
+        if not leading():
+            return f"standing by (led by another instance), {lag} events behind"
         if lag > limit:
             raise LagTooHigh(f"{lag} events behind (READYZ_MAX_LAG_EVENTS={limit})")
         return f"{lag} events behind"
@@ -115,8 +126,10 @@ def readiness_checks(
     projector: Any | None = None,
     outbox: Any | None = None,
     sweep: bool = False,
+    leads: Callable[[str], bool] = lambda _: True,
 ) -> dict[str, CheckFn]:
-    """The checks of a process with these parts (None: not in this process)."""
+    """The checks of a process with these parts (None: not in this process); ``leads``
+    says which followers this instance runs now (the others stand by)."""
     timeout, ttl = settings.readyz_probe_timeout_seconds, settings.readyz_cache_seconds
 
     def probe(fn: Callable[[], str]) -> CheckFn:
@@ -134,7 +147,11 @@ def readiness_checks(
     if worker is not None:
         checks["consumer"] = consumer_check(worker)
     if projector is not None and view is not None:
-        checks["projection_lag"] = probe(lag_probe(head, lambda: int(view.position() or 0), limit))
+        checks["projection_lag"] = probe(
+            lag_probe(head, lambda: int(view.position() or 0), limit, lambda: leads("projector"))
+        )
     if outbox is not None:
-        checks["outbox_lag"] = probe(lag_probe(head, lambda: int(outbox.position()), limit))
+        checks["outbox_lag"] = probe(
+            lag_probe(head, lambda: int(outbox.position()), limit, lambda: leads("outbox"))
+        )
     return checks

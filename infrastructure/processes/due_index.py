@@ -1,7 +1,9 @@
 """The due-batch index follower: the notification log -> ``batch_due`` (PostgreSQL).
 
 Runs next to the sweep that reads the index (in every worker, and in
-``batchctl run``); several may run at once: a page and the position move in
+``batchctl run``), on one of those processes at a time (its lease:
+``processes/leadership.py``); should two run at once (a stopped ex-holder
+that wakes), that is safe: a page and the position move in
 one transaction, compare-and-set on the position, so the follower that loses
 a race rolls back and reads again (``infrastructure/postgres/due_index.py``).
 """

@@ -16,6 +16,11 @@ failure (``failed``). ``follow`` does the rest, the same way for all of them:
 - a failure goes to the follower, which raises it (the loop ends) or asks
   for a retry, at once or after a capped exponential backoff.
 
+Run under a lease (``processes/leadership.py``), the loop checks the lease
+before every page (``FENCE``, set by the runner for the follower's task): a
+holder that lost it (a stopped process that woke up) stops before it reads
+another page, and ``LeaseLost`` ends the loop instead of being retried.
+
 Only public APIs of the library are used (``select_notifications``).
 """
 
@@ -25,11 +30,45 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import Awaitable, Callable, Sequence
+from contextvars import ContextVar
 from typing import Protocol
 
 from eventsourcing.persistence import ApplicationRecorder, Notification
 
+from infrastructure.postgres.lease import LeaseLost
 from infrastructure.postgres.listen import Listener, first_of
+
+
+class Fence(Protocol):
+    """The lease a follower runs under (``processes/leadership.py``)."""
+
+    def fresh(self) -> bool:
+        """Confirmed recently enough to be certain it is still held (no round trip)."""
+        ...
+
+    def confirm(self) -> None:
+        """Ask the server; raise ``LeaseLost`` unless it is still held (blocking)."""
+        ...
+
+
+# The lease of the follower running in this context (None: no lease, as in tests and
+# single-role loops run directly). asyncio tasks and asyncio.to_thread copy it.
+FENCE: ContextVar[Fence | None] = ContextVar("batchslot_follower_fence", default=None)
+
+
+def check_fence() -> None:
+    """Raise ``LeaseLost`` if this follower runs under a lease it no longer holds
+    (blocking: call it from a thread, e.g. right before a position is recorded)."""
+    fence = FENCE.get()
+    if fence is not None and not fence.fresh():
+        fence.confirm()
+
+
+async def acheck_fence() -> None:
+    """``check_fence`` for the event loop (no round trip while the lease is fresh)."""
+    fence = FENCE.get()
+    if fence is not None and not fence.fresh():
+        await asyncio.to_thread(fence.confirm)
 
 
 class Follower(Protocol):
@@ -66,6 +105,7 @@ async def follow(
     try:
         while not stop.is_set():
             try:
+                await acheck_fence()
                 after = await follower.read_after()
                 page = await asyncio.to_thread(
                     recorder.select_notifications,
@@ -79,6 +119,8 @@ async def follow(
                 if len(page) < page_size:
                     await follower.caught_up()
                     await first_of(stop.wait(), wake.wait(idle_timeout))
+            except LeaseLost:
+                raise
             except Exception as error:
                 if await follower.failed(error):
                     with contextlib.suppress(TimeoutError):

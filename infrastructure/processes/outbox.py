@@ -75,7 +75,7 @@ from infrastructure.postgres.listen import Listener
 from infrastructure.postgres.parking import ParkingLot
 from infrastructure.postgres.recorder import traceparent_of_notification
 from infrastructure.postgres.store import ddl_lock
-from infrastructure.processes.follower import follow, run_blocking
+from infrastructure.processes.follower import acheck_fence, check_fence, follow, run_blocking
 from infrastructure.settings import Settings
 from infrastructure.tracing import Tracing, ending
 from projections.envelope import OutboundMessage, envelope_of
@@ -336,12 +336,14 @@ class Outbox:
         await self._checkpoint(progress, final=True)
 
     def _record(self, notification_id: int) -> None:
+        check_fence()  # under a lease: a holder that lost it records (and sends) no more
         with contextlib.suppress(IntegrityError):  # another instance recorded beyond it
             self._tracking.insert_tracking(Tracking(self.application_name, notification_id))
 
     async def _checkpoint(self, progress: _Progress, *, final: bool = False) -> None:
         """Record the acknowledged prefix: every ``record_every`` events, ``record_interval``
         seconds, or at the end of the page (whichever first)."""
+        await acheck_fence()  # after every acknowledged batch: a lost lease sends no more
         async with self._record_lock:
             position = progress.position
             if position is None or position <= self._recorded:

@@ -85,9 +85,11 @@ async def serve(settings: Settings, parts: Parts, stop: asyncio.Event | None = N
         )
         outbox = container.outbox() if parts.outbox else None
         jobs: list[Coroutine[Any, Any, None]] = [_report_lag(service, view, outbox, stop)]
+        # The followers of the store run under leases: one instance each, the others stand
+        # by (processes/leadership.py); a single instance leads them all at once.
+        followers: dict[str, Callable[[asyncio.Event], Coroutine[Any, Any, None]]] = {}
         if outbox is not None:
-            jobs.append(outbox.run(stop))
-            jobs.append(_watch_outbox(outbox, service, settings, stop))
+            followers["outbox"] = outbox.run
         worker: Worker | None = None
         if parts.worker:
             worker = container.worker()
@@ -96,7 +98,7 @@ async def serve(settings: Settings, parts: Parts, stop: asyncio.Event | None = N
         if parts.sweep:
             # The sweep reads the due-batch index in PostgreSQL, kept up to date right here.
             index = await asyncio.to_thread(lambda: container.due_index)
-            jobs.append(container.due_follower().run(stop))
+            followers["due_index"] = container.due_follower().run
             jobs.append(run_sweep(service, index, settings.sweep_interval_seconds, stop))
             jobs.append(
                 report_pending_age(
@@ -106,8 +108,16 @@ async def serve(settings: Settings, parts: Parts, stop: asyncio.Event | None = N
         projector: Projector | None = None
         if parts.projector:
             projector = container.projector()
-            jobs.append(projector.serve(stop))
-            jobs.append(_watch_projector_progress(projector, service, settings, stop))
+            followers["projector"] = projector.serve
+        leadership = container.leadership(list(followers))
+        if followers:
+            jobs.append(leadership.run(followers, stop))
+        if outbox is not None:
+            jobs.append(_watch_outbox(outbox, service, settings, stop, leadership.leads))
+        if projector is not None:
+            jobs.append(
+                _watch_projector_progress(projector, service, settings, stop, leadership.leads)
+            )
         health.ready_with(
             readiness_checks(
                 settings,
@@ -117,6 +127,7 @@ async def serve(settings: Settings, parts: Parts, stop: asyncio.Event | None = N
                 projector=projector,
                 outbox=outbox,
                 sweep=parts.sweep,
+                leads=leadership.leads,
             )
         )
         log.info("service started", extra={"parts": vars(parts), "settings": settings.redacted()})
@@ -206,7 +217,11 @@ async def _watch_worker(worker: Worker, settings: Settings, stop: asyncio.Event)
 
 
 async def _watch_projector_progress(
-    projector: Projector, service: BatchService, settings: Settings, stop: asyncio.Event
+    projector: Projector,
+    service: BatchService,
+    settings: Settings,
+    stop: asyncio.Event,
+    leads: Callable[[str], bool] = lambda _: True,
 ) -> None:
     await _watch_follower(
         "projector",
@@ -217,11 +232,16 @@ async def _watch_projector_progress(
         service,
         settings,
         stop,
+        lambda: leads("projector"),
     )
 
 
 async def _watch_outbox(
-    outbox: Outbox, service: BatchService, settings: Settings, stop: asyncio.Event
+    outbox: Outbox,
+    service: BatchService,
+    settings: Settings,
+    stop: asyncio.Event,
+    leads: Callable[[str], bool] = lambda _: True,
 ) -> None:
     await _watch_follower(
         "outbox",
@@ -232,6 +252,7 @@ async def _watch_outbox(
         service,
         settings,
         stop,
+        lambda: leads("outbox"),
     )
 
 
@@ -244,10 +265,14 @@ async def _watch_follower(
     service: BatchService,
     settings: Settings,
     stop: asyncio.Event,
+    leading: Callable[[], bool] = lambda: True,
 ) -> None:
-    """The stall watchdog of a follower of the store: its position against the head."""
+    """The stall watchdog of a follower of the store: its position against the head
+    (a standby, whose follower runs on another instance, is never stalled)."""
 
     async def probe() -> Reading:
+        if not leading():
+            return Reading(None, None, standby=True, detail="standing by (led elsewhere)")
         head = await _store_head(service)
         position = position_of()
         return Reading(

@@ -21,6 +21,10 @@ handled plus the consumer lag). Work is waiting while head > position.
   retries on its own (logged and counted as transient failures): the
   watchdog recycles but does not exit for that, a restart would not help.
 
+A follower standing by (its lease held by another instance,
+``processes/leadership.py``) has no work of its own: its probe says so
+(``Reading.standby``) and the tracker starts afresh when it leads again.
+
 ``StallTracker`` holds the decision logic with an injected clock (unit tested);
 ``watch`` is the asyncio loop around it.
 """
@@ -56,6 +60,7 @@ class Reading:
     head: int | None
     healthy: bool = True  # its dependencies answered this time
     detail: str = ""  # what it is doing / stuck on, for the log line
+    standby: bool = False  # the part runs on another instance (its lease): never stalled
 
 
 @dataclass
@@ -71,6 +76,10 @@ class StallTracker:
 
     def observe(self, reading: Reading) -> Action:
         now = self.clock()
+        if reading.standby:  # nothing to do here; leading again starts a fresh period
+            self._position, self._waiting = None, False
+            self._reset(now)
+            return Action.OK
         position, head = reading.position, reading.head
         if position is not None and (self._position is None or position > self._position):
             self._position = position

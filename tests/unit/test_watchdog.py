@@ -51,6 +51,23 @@ def test_work_waiting_without_progress_recycles_then_exits() -> None:
     assert t.observe(Reading(3, 12)) is Action.EXIT
 
 
+def test_a_standby_is_never_stalled_and_leading_again_starts_afresh() -> None:
+    """A follower whose lease another instance holds: the store's head moves on
+    without it, which is no stall; when it leads again it has the full timeout."""
+    t, clock = tracker()
+    assert t.observe(Reading(30, 100)) is Action.OK  # leading, behind
+    clock.now += 9
+    for _ in range(10):  # lease lost: standing by for long
+        assert t.observe(Reading(None, None, standby=True)) is Action.OK
+        clock.now += 100
+    assert not t.stalled
+    assert t.observe(Reading(20, 500)) is Action.OK  # leading again, from an older position
+    clock.now += 9.9
+    assert t.observe(Reading(20, 500)) is Action.OK
+    clock.now += 0.1
+    assert t.observe(Reading(20, 500)) is Action.RECYCLE
+
+
 def test_progress_after_a_recycle_clears_the_stall() -> None:
     t, clock = tracker()
     t.observe(Reading(3, 10))

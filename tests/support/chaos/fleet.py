@@ -14,10 +14,14 @@ from tests.support.chaos.common import ROOT
 class Fleet:
     """The service's processes, each restartable, their logs under ``log_dir``."""
 
-    def __init__(self, env: dict[str, str], workers: int, log_dir: Path, t0: float) -> None:
+    def __init__(
+        self, env: dict[str, str], workers: int, log_dir: Path, t0: float, standbys: bool = False
+    ) -> None:
         self.env, self.log_dir, self.t0 = env, log_dir, t0
         self.roles = {f"worker-{i}": "worker" for i in range(workers)}
         self.roles.update({"projector": "projector", "outbox": "outbox"})
+        if standbys:  # a second projector and outbox, standing by for the leases
+            self.roles.update({"projector-standby": "projector", "outbox-standby": "outbox"})
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.expected_dead: set[str] = set()
         self.unexpected: list[str] = []
@@ -33,6 +37,13 @@ class Fleet:
         )
         log.close()
         self.expected_dead.discard(name)
+
+    def named(self, pid: int | None) -> str | None:
+        """The fleet's name of the running process with this OS process id."""
+        for name, proc in self.procs.items():
+            if pid is not None and proc.pid == pid and proc.poll() is None:
+                return name
+        return None
 
     def start_all(self) -> None:
         for name in self.roles:

@@ -51,7 +51,12 @@ from tests.support.chaos.faults import (
     set_read_only,
 )
 from tests.support.chaos.fleet import Fleet
-from tests.support.chaos.store import outbox_position, positions, read_store
+from tests.support.chaos.store import (
+    lease_holder_pid,
+    outbox_position,
+    positions,
+    read_store,
+)
 from tests.support.scenario import Message, Scenario, content, generate, registration
 from tests.support.scratch import drop_scratch, scratch_env, topic_env
 
@@ -70,6 +75,9 @@ class Options:
     json_out: str | None = None
     keep: bool = False
     kinds: tuple[str, ...] = FAULT_KINDS
+    # A second projector and outbox standing by: kill_projector / kill_outbox kill
+    # whichever holds the follower's lease (the other takes over).
+    standbys: bool = False
 
     @classmethod
     def quick(cls, seed: int = 7) -> Options:
@@ -187,7 +195,16 @@ class ChaosRun:
         }.get(kind, self.rng.choice(workers) if "worker" in kind else "server")
         if kind in PARTITION_KINDS:
             target = kind.split("_")[1]
-        record = FaultRecord(kind, target, round(self.elapsed(), 1))
+        leader_note = ""
+        if self.o.standbys and kind in ("kill_projector", "kill_outbox"):
+            try:  # kill the one that leads (holds the follower's lease)
+                pid = lease_holder_pid(s, target)
+                leader = fleet.named(pid)
+                leader_note = f"leader {leader}" if leader else f"leader unknown (pid {pid})"
+                target = leader or target
+            except psycopg.Error as e:
+                leader_note = f"leader unknown ({type(e).__name__})"
+        record = FaultRecord(kind, target, round(self.elapsed(), 1), note=leader_note)
         console.print(f"[yellow]{record.at:6.1f}s fault[/] {kind} {target}")
         start = time.monotonic()
         if kind.startswith("kill_"):
@@ -389,7 +406,7 @@ class ChaosRun:
         self.broker.log_path = self.log_dir / "broker.log"
         self.broker.start()
         await ensure_topics(s)
-        fleet = Fleet(self.env, self.o.workers, self.log_dir, self.t0)
+        fleet = Fleet(self.env, self.o.workers, self.log_dir, self.t0, self.o.standbys)
         if "concurrent_start" in self.o.kinds:
             fleet.start_all()  # every process at once on an empty store, the checker too
         ensure_database(s)

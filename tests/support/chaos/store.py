@@ -11,6 +11,7 @@ import redis
 from psycopg import sql
 
 from application.service import BatchService
+from infrastructure.postgres.lease import LEASE_LOCK_KEY, lease_key
 from infrastructure.postgres.store import conninfo
 from infrastructure.processes.outbox import TRACKING_TABLE
 from infrastructure.redis.view import RedisSlotView
@@ -73,3 +74,20 @@ def positions(settings: Settings, service: BatchService) -> tuple[int, int, int]
     finally:
         client.close()
     return head, outbox_position(settings), projected
+
+
+def lease_holder_pid(settings: Settings, follower: str) -> int | None:
+    """The OS process id of the instance holding ``follower``'s lease (None: nobody), read
+    from its keeper session's ``application_name`` (``batchslot-lease host:pid:id``)."""
+    with psycopg.connect(**conninfo(settings), connect_timeout=5) as conn:
+        row = conn.execute(
+            "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+            " WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2"
+            " AND l.classid = %s::bigint::oid AND l.objid = %s::bigint::oid"
+            " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            (LEASE_LOCK_KEY, lease_key(settings.database_schema, follower) % 2**32),
+        ).fetchone()
+    if row is None or not str(row[0]).startswith("batchslot-lease "):
+        return None
+    parts = str(row[0]).removeprefix("batchslot-lease ").rsplit(":", 2)
+    return int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else None
