@@ -15,6 +15,7 @@ from infrastructure.kafka.clients import client_kwargs, ensure_topics, make_cons
 from infrastructure.kafka.local_broker import LocalBroker
 from infrastructure.settings import Settings
 from tests.conftest import drop_redis_prefix, drop_schema, make_settings
+from tests.support.poll import eventually_async
 from tests.support.scenario import Message
 from tests.support.scratch import new_tag, topic_env
 
@@ -107,12 +108,7 @@ async def running(coro_factory: Callable[[asyncio.Event], Any]) -> AsyncIterator
 
 
 async def eventually(check: Callable[[], bool], timeout: float = 30.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not check():
-        if loop.time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.1)
+    await eventually_async(check, timeout, every=0.1)
 
 
 async def end_offsets(settings: Settings, topics: Iterable[str]) -> dict[TopicPartition, int]:

@@ -18,6 +18,7 @@ from infrastructure.processes.follower import check_fence
 from infrastructure.processes.leadership import Leadership
 from infrastructure.settings import Settings
 from tests.conftest import make_settings
+from tests.support.poll import eventually_async
 
 FOLLOWERS = ("projector", "outbox", "due_index")
 
@@ -67,11 +68,7 @@ def losses(reason: str) -> float:
 
 
 async def until(check: Callable[[], bool], what: str, bound: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + bound
-    while not check():
-        assert loop.time() < deadline, what
-        await asyncio.sleep(0.02)
+    await eventually_async(check, bound, every=0.02, what=what)
 
 
 def test_each_follower_runs_on_one_instance_spreads_and_moves_when_one_stops(

@@ -31,6 +31,7 @@ from infrastructure.settings import Settings
 from projections.envelope import envelope_of
 from tests.conftest import ManualClock, drop_schema, make_settings
 from tests.strategies import PENDING_TTL_SECONDS, TIMEOUT_SECONDS, Step, Tick, workloads
+from tests.support.poll import eventually_async
 from tests.support.scratch import new_tag, topic_env
 
 FAST = {"request_timeout_ms": 2000, "retry_backoff_ms": 50}
@@ -120,10 +121,7 @@ def check_delivery(service: BatchService, settings: Settings, records: list[Any]
 
 
 async def until(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.05)
+    await eventually_async(predicate, timeout, what="timed out")
 
 
 async def running(outbox: Outbox, body: Callable[[], Awaitable[None]]) -> None:

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -26,6 +25,7 @@ from tests.integration.slot_support import (
     keys_like,
     view_models,
 )
+from tests.support.poll import eventually
 
 
 @pytest.fixture
@@ -44,13 +44,6 @@ def clocked(test_settings: Settings, clock: ManualClock) -> Iterator[BatchServic
     svc = Bootstrap(test_settings).batch_service(clock=clock)
     yield svc
     svc.close()
-
-
-def eventually(check: Callable[[], bool], timeout: float = 10.0, every: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(every)
 
 
 def all_ids(view: RedisSlotView, ids: list[str]) -> list[str]:

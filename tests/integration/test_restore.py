@@ -8,8 +8,7 @@ the later events. Real PostgreSQL and Redis throughout.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import psycopg
 import pytest
@@ -24,6 +23,7 @@ from infrastructure.redis.view import RedisSlotView
 from infrastructure.settings import Settings
 from tests.conftest import ManualClock
 from tests.integration.slot_support import busy_workload, expected_models, head, view_models
+from tests.support.poll import eventually
 
 
 @pytest.fixture
@@ -37,13 +37,6 @@ def clocked(test_settings: Settings) -> Iterator[BatchService]:
     svc = Bootstrap(test_settings).batch_service(clock=ManualClock())
     yield svc
     svc.close()
-
-
-def eventually(check: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.05)
 
 
 def restore_to(s: Settings, position: int) -> None:
