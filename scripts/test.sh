@@ -18,6 +18,7 @@ echo "== ruff"; ruff check .
 echo "== mypy"; mypy
 echo "== pytest"
 if [ "$fast" = 1 ]; then
+  export HYPOTHESIS_PROFILE=${HYPOTHESIS_PROFILE:-ci}  # CI's example counts
   exec python -m pytest tests/unit tests/property tests/integration -m "not slow" -k "not cluster" "$@"
 fi
 exec python -m pytest "$@"
