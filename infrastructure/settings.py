@@ -68,6 +68,9 @@ class Settings(BaseModel):
     database_keepalives_idle_seconds: int = Field(default=5, ge=1, le=3600)
     database_keepalives_interval_seconds: int = Field(default=2, ge=1, le=600)
     database_keepalives_count: int = Field(default=3, ge=1, le=100)
+    # The long-running processes create the database, schema and tables on start; false
+    # for deployments that migrate separately (`batchctl init`). Other commands never do.
+    database_auto_create: bool = True
     redis_url: SecretStr = SecretStr(DEFAULT_REDIS_URL)
     redis_key_prefix: str = Field(default="", pattern=r"^[A-Za-z0-9._:-]{0,64}$")
     redis_socket_timeout_seconds: float = Field(default=5.0, gt=0, le=600)
@@ -270,6 +273,7 @@ _ENV: dict[str, str] = {
     "DATABASE_KEEPALIVES_IDLE_SECONDS": "database_keepalives_idle_seconds",
     "DATABASE_KEEPALIVES_INTERVAL_SECONDS": "database_keepalives_interval_seconds",
     "DATABASE_KEEPALIVES_COUNT": "database_keepalives_count",
+    "DATABASE_AUTO_CREATE": "database_auto_create",
     "REDIS_URL": "redis_url",
     "REDIS_KEY_PREFIX": "redis_key_prefix",
     "REDIS_SOCKET_TIMEOUT_SECONDS": "redis_socket_timeout_seconds",

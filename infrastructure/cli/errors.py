@@ -12,6 +12,7 @@ import psycopg_pool
 import redis
 from eventsourcing import persistence
 
+from infrastructure.postgres.store import StoreMissing
 from infrastructure.settings import SettingsError, load_settings, redact_url
 
 _POSTGRES = (
@@ -33,7 +34,7 @@ def dependency_error(e: BaseException) -> str | None:
     """The one-line message for an operator-fixable failure, or None for a bug."""
     if isinstance(e, SettingsError):
         return f"invalid configuration: {e}"
-    if isinstance(e, DependencyUnavailable):
+    if isinstance(e, (DependencyUnavailable, StoreMissing)):
         return str(e)
     if isinstance(e, _POSTGRES):
         return f"PostgreSQL unreachable at {_url('database_url')} (DATABASE_URL): {_first(e)}"

@@ -18,6 +18,7 @@ import typer
 from infrastructure.cli import (
     completion,
     deadletters,
+    initialise,
     inspection,
     pending,
     readmodel,
@@ -115,6 +116,7 @@ def _root(
     """Options that come before the command."""
 
 
+app.command()(initialise.init)
 app.command()(inspection.status)
 app.command()(inspection.audit)
 app.command()(store.replay)

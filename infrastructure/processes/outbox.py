@@ -69,9 +69,9 @@ from infrastructure.bootstrap import Bootstrap
 from infrastructure.kafka.clients import KafkaClients, producer_kwargs
 from infrastructure.postgres import timeouts as pg_timeouts
 from infrastructure.postgres.listen import Listener
-from infrastructure.postgres.parking import ParkingLot
+from infrastructure.postgres.parking import PARKED_TABLE, ParkingLot
 from infrastructure.postgres.recorder import traceparent_of_notification
-from infrastructure.postgres.store import ddl_lock
+from infrastructure.postgres.store import ddl_lock, require_store
 from infrastructure.processes.follower import follow, run_blocking
 from infrastructure.settings import Settings
 from infrastructure.tracing import Tracing, ending
@@ -133,6 +133,7 @@ class Outbox:
         parked_retry_seconds: float = 30.0,
         kafka: KafkaClients | None = None,
         tracing: Tracing | None = None,
+        create_tables: bool = True,
     ) -> None:
         if not isinstance(app.recorder, PostgresApplicationRecorder):
             raise TypeError("the outbox needs the PostgreSQL event store")
@@ -149,8 +150,11 @@ class Outbox:
         self._tracking = PostgresTrackingRecorder(
             app.recorder.datastore, tracking_table_name=TRACKING_TABLE
         )
-        with ddl_lock(settings):  # processes starting at once: one creates the table
-            self._tracking.create_table()
+        if create_tables:  # else the store was initialised (`batchctl init`): check it is
+            with ddl_lock(settings):  # processes starting at once: one creates the table
+                self._tracking.create_table()
+        else:
+            require_store(settings, (TRACKING_TABLE, PARKED_TABLE))
         self._producer_overrides = dict(producer_overrides or {})
         self._producer: Any = None
         self._partitioner = DefaultPartitioner()
@@ -164,7 +168,8 @@ class Outbox:
             {**producer_kwargs(settings), **self._producer_overrides}["max_request_size"]
         )
         self.parking = ParkingLot(app.recorder, app.name)
-        self.parking.create_table()
+        if create_tables:
+            self.parking.create_table()
         self._refusals = 0  # pages refused in a row (a record the broker will never take)
         self._recorded = 0  # the position this outbox last recorded
         self._recorded_at = 0.0
@@ -514,3 +519,11 @@ def run_outbox(settings: Settings, stop: threading.Event, **options: Any) -> Non
     with Bootstrap(settings) as container:
         outbox = container.outbox(**options)
         run_blocking(outbox.run, stop)
+
+
+def create_outbox_tables(app: Application[UUID]) -> None:
+    """Create the outbox's position and parking tables if missing (``batchctl init``;
+    the caller holds the DDL lock)."""
+    recorder: Any = app.recorder
+    PostgresTrackingRecorder(recorder.datastore, tracking_table_name=TRACKING_TABLE).create_table()
+    ParkingLot(recorder, app.name).create_table()

@@ -24,6 +24,7 @@ from infrastructure.health.metering import report_pending_age
 from infrastructure.health.server import start_health
 from infrastructure.kafka.local_broker import BrokerUnavailable, LocalBroker, answers, first_address
 from infrastructure.postgres import timeouts as pg_timeouts
+from infrastructure.postgres.store import StoreMissing
 from infrastructure.processes.outbox import Outbox
 from infrastructure.processes.projector import Projector
 from infrastructure.processes.sweep import run_sweep
@@ -147,7 +148,8 @@ async def _when_available(
         try:
             return await attempt()
         except Exception as e:
-            if stop.is_set() or loop.time() + delay > deadline:
+            # A store that is not initialised (DATABASE_AUTO_CREATE=false) does not come back.
+            if stop.is_set() or loop.time() + delay > deadline or isinstance(e, StoreMissing):
                 raise
             log.warning(f"{name} not available yet; retrying", extra={"error": repr(e)[:200]})
             await asyncio.sleep(delay)

@@ -40,6 +40,8 @@ from tests.support.scenario import Message, content, envelope, registration
 def dlq_settings(broker: LocalBroker) -> Iterator[Settings]:
     s = kafka_settings(broker, PENDING_TTL_SECONDS="86400")
     asyncio.run(ensure_topics(s))
+    with Bootstrap(s) as built:  # `batchctl init`: the commands read an initialised store
+        built.create_store()
     yield s
     drop_schema(s)
     drop_redis_prefix(s)

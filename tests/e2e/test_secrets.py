@@ -79,6 +79,10 @@ def secret_env(broker: LocalBroker, redis_user: str) -> Iterator[dict[str, str]]
     with pytest.raises(redis.AuthenticationError):
         redis.Redis.from_url(wrong).ping()
     assert redis.Redis.from_url(env["REDIS_URL"]).ping()
+    # The store is initialised as an operator would (the commands create nothing).
+    initialised = batchctl(env, "init")
+    assert initialised.returncode == 0, initialised.stderr
+    assert_no_secret("init", initialised.stdout + initialised.stderr)
     yield env
     s = load_settings(env)
     drop_schema(s)
