@@ -10,7 +10,7 @@ import os
 import re
 from collections.abc import Mapping
 from typing import Literal
-from urllib.parse import quote, unquote_plus, urlsplit
+from urllib.parse import parse_qsl, quote, unquote_plus, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
@@ -145,6 +145,8 @@ class Settings(BaseModel):
                 "must look like redis://[user:password@]host:6379/0 or, for a Redis "
                 "Cluster, redis+cluster://[user:password@]host1:6379,host2:6379/0"
             )
+        else:
+            _redis_db(url)  # raises ValueError: never silently database 0
         return v
 
     @property
@@ -223,6 +225,27 @@ def redact_url(url: str) -> str:
     if query != parts.query:
         url = url.replace(f"?{parts.query}", f"?{query}", 1)
     return url
+
+
+def _redis_db(url: str) -> int:
+    """The database number of a redis://, rediss:// or unix:// URL (path or ``?db=``).
+
+    redis-py ignores a number it cannot read and uses database 0, another
+    deployment's keys; so anything but a number is refused (whether the server
+    has that database is its answer to SELECT: ``DB index is out of range``).
+    """
+    parts = urlsplit(url)
+    path = parts.path.strip("/") if parts.scheme != "unix" else ""
+    given = [("the path", path)] if path else []
+    given += [("?db=", v) for k, v in parse_qsl(parts.query) if k == "db"]
+    number = 0
+    for where, text in given:
+        if not text.isascii() or not text.isdigit():
+            raise ValueError(
+                f"the database ({where}) must be a number, not {text!r}: redis://host:6379/0"
+            )
+        number = int(text)
+    return number
 
 
 def redis_cluster_startup(url: str) -> tuple[str, list[tuple[str, int]]]:

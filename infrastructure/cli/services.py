@@ -6,6 +6,7 @@ Each runs until SIGINT or SIGTERM, then finishes what it holds and exits 0.
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import typer
 
@@ -21,7 +22,12 @@ LOCAL_BROKER_HELP = (
 
 def _serve(worker: bool, projector: bool, outbox: bool, local_broker: bool) -> None:
     from infrastructure.cli.common import fail
-    from infrastructure.processes.runtime import Parts, local_broker_if_needed, serve
+    from infrastructure.processes.runtime import (
+        Parts,
+        StoppedBeforeStart,
+        local_broker_if_needed,
+        serve,
+    )
 
     settings = load_settings()
     logs.configure(settings.log_level, settings.secrets())
@@ -34,6 +40,8 @@ def _serve(worker: bool, projector: bool, outbox: bool, local_broker: bool) -> N
             fail(f"{e}: start the broker or fix KAFKA_BOOTSTRAP_SERVERS")
     try:
         asyncio.run(serve(settings, parts))
+    except StoppedBeforeStart as e:  # SIGTERM while waiting for a dependency: a clean stop
+        logging.getLogger("batchslot.runtime").info("service stopped", extra={"why": str(e)})
     finally:
         if broker is not None:
             broker.stop()

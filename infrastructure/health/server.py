@@ -34,7 +34,7 @@ from prometheus_client import REGISTRY
 from prometheus_client.exposition import choose_encoder
 
 from infrastructure.health.metering import set_build_info
-from infrastructure.settings import Settings
+from infrastructure.settings import Settings, SettingsError
 
 log = logging.getLogger("batchslot.health")
 HEARTBEAT_SECONDS = 1.0
@@ -191,7 +191,13 @@ class HealthServer:
         self._server: ThreadingHTTPServer | None = None
         if port is not None:
             handler = type("Handler", (_Handler,), {"health": health})
-            self._server = ThreadingHTTPServer((host, port), handler)
+            try:
+                self._server = ThreadingHTTPServer((host, port), handler)
+            except OSError as e:  # in use (two processes on one host with one METRICS_PORT)
+                raise SettingsError(
+                    f"METRICS_PORT: cannot serve on port {port} ({e.strerror or e}): another "
+                    "process on this host uses it; give each process its own METRICS_PORT"
+                ) from None
             self._server.daemon_threads = True
             threading.Thread(
                 target=self._server.serve_forever, name="metrics-http", daemon=True
