@@ -75,6 +75,7 @@ from infrastructure.postgres.store import ddl_lock, require_store
 from infrastructure.processes.follower import follow, run_blocking
 from infrastructure.settings import Settings
 from infrastructure.tracing import Tracing, ending
+from infrastructure.transient import described
 from projections.envelope import OutboundMessage, envelope_of
 
 log = logging.getLogger(__name__)
@@ -509,7 +510,9 @@ class Outbox:
     async def failed(self, error: Exception) -> bool:
         """Broker or database trouble: retry the page after the backoff."""
         self.failures += 1
-        log.warning("outbox page failed (%s: %s); retrying", type(error).__name__, error)
+        log.warning(
+            "outbox page failed (%s: %s); retrying", described(error, self.settings), error
+        )
         await self.close()
         return True
 

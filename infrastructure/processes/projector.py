@@ -43,7 +43,7 @@ from infrastructure.redis.rebuild import RebuildSummary, rebuild
 from infrastructure.redis.view import PositionLost, RedisSlotView
 from infrastructure.settings import Settings
 from infrastructure.tracing import Tracing, ending
-from infrastructure.transient import TRANSIENT
+from infrastructure.transient import TRANSIENT, described
 from projections.slot_view import VersionGap
 
 __all__ = ["Projector", "RebuildSummary", "rebuild", "run_projector"]
@@ -206,7 +206,7 @@ class Projector:
             self._restore = True
             return False
         if isinstance(error, TRANSIENT):
-            log.warning("slot projector: %s; retrying", type(error).__name__)
+            log.warning("slot projector: %s; retrying", described(error, self.settings))
             self._restart = True
             return True
         raise error

@@ -46,7 +46,13 @@ from infrastructure.kafka.undecodable import MAX_UNEXPLAINED, is_decode_error, s
 from infrastructure.logcontext import command_context
 from infrastructure.settings import Settings
 from infrastructure.tracing import Tracing, context_from_headers, ending
-from infrastructure.transient import TRANSIENT, DependencyDown, is_transient, store_writable
+from infrastructure.transient import (
+    TRANSIENT,
+    DependencyDown,
+    described,
+    is_transient,
+    store_writable,
+)
 
 log = logging.getLogger("batchslot.worker")
 
@@ -320,7 +326,10 @@ class Worker:
                     raise  # the store is healthy: the commands' own fault
                 self.retrying = True
                 metrics.TRANSIENT.labels("execute").inc()
-                log.warning("transient failure, retrying", extra={"error": type(e).__name__})
+                log.warning(
+                    "transient failure, retrying",
+                    extra={"error": type(e).__name__, "from": described(e, self.settings)},
+                )
                 if stop.is_set():
                     raise DependencyDown(f"stopping while the store fails: {e!r}"[:300]) from e
                 await asyncio.sleep(delay)

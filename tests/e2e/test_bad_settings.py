@@ -16,14 +16,17 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
+from application.commands import RegisterBatch
 from infrastructure.bootstrap import Bootstrap
 from infrastructure.settings import Settings, SettingsError, load_settings
 from tests.conftest import TEST_REDIS_URL, make_settings
 from tests.e2e.conftest import service_env
 from tests.e2e.test_cli import batchctl, one_line_error
+from tests.support.proxy import ProxyThread
 from tests.support.scratch import drop_redis_prefix, drop_schema, new_tag, topic_env
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -274,3 +277,42 @@ def test_sigterm_stops_a_running_process_within_10_s(e2e_settings: Settings, com
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_a_projector_that_loses_redis_names_it_while_retrying(
+    initialised: Settings, tmp_path: Path
+) -> None:
+    redis_parts = urlsplit(TEST_REDIS_URL)
+    proxy = ProxyThread(redis_parts.hostname or "127.0.0.1", redis_parts.port or 6379).start()
+    log_path = tmp_path / "projector.log"
+    with log_path.open("w") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "infrastructure.cli.main", "projector"],
+            cwd=ROOT,
+            env=service_env(initialised, REDIS_URL=f"redis://{proxy.address}/0"),
+            stdout=subprocess.DEVNULL,
+            stderr=log_file,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while "service started" not in log_path.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "service started" in log_path.read_text()
+        address = proxy.address
+        proxy.stop()  # Redis is gone for the projector: connections refused
+        with Bootstrap(initialised) as built:
+            built.service.register(
+                RegisterBatch(batch_id="lost-redis", correlation_id="c", essay_ids=["e1"])
+            )
+        wanted = f"Redis at {address} (REDIS_URL); retrying"
+        while wanted not in log_path.read_text() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert wanted in log_path.read_text(), log_path.read_text()[-3000:]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
