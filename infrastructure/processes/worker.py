@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +55,28 @@ from infrastructure.transient import (
 )
 
 log = logging.getLogger("batchslot.worker")
+
+
+# Bounds on the worker's stop (commit, then consumer and producer), under 10 s in all.
+STOP_COMMIT_SECONDS = 3.0
+STOP_CLIENT_SECONDS = 2.5
+
+
+async def _unless_stopped(starting: Awaitable[None], stop: asyncio.Event) -> bool:
+    """Await ``starting`` unless ``stop`` is set first (then cancel it): whether it finished."""
+    task = asyncio.ensure_future(starting)
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+    if task.done():
+        task.result()
+        return True
+    task.cancel()
+    with contextlib.suppress(BaseException):
+        await asyncio.wait_for(task, 1.0)
+    return False
 
 
 @dataclass
@@ -129,11 +151,15 @@ class Worker:
             listener=_CommitOnRevoke(self._lock, lambda: self._flush_commits(consumer)),
         )
         producer = self.kafka.producer(max_request_size=DLQ_MAX_REQUEST_BYTES)
-        await consumer.start()
-        await producer.start()
-        self._consumer = consumer
-        log.info("worker started", extra={"topics": list(self.kind_of)})
         try:
+            # A stop while the clients connect (a silent broker, a group still forming) ends
+            # the start instead of waiting for it.
+            if not (await _unless_stopped(consumer.start(), stop)) or not (
+                await _unless_stopped(producer.start(), stop)
+            ):
+                return
+            self._consumer = consumer
+            log.info("worker started", extra={"topics": list(self.kind_of)})
             while not stop.is_set():
                 try:
                     records = await consumer.getmany(timeout_ms=500, max_records=self.max_records)
@@ -151,11 +177,17 @@ class Worker:
                     async with self._lock:
                         await self._flush_commits(consumer)
         finally:
+            # Each step bounded: a broker that stopped answering must not hold a stopping
+            # process (compose and Kubernetes kill after 10 s). An offset not committed is
+            # re-delivered, which is harmless (every command is idempotent).
             with contextlib.suppress(Exception):  # best effort: re-delivery is harmless
-                async with self._lock:
+                async with asyncio.timeout(STOP_COMMIT_SECONDS), self._lock:
                     await self._flush_commits(consumer)
-            await stop_consumer(consumer)
-            await producer.stop()
+            for step in (stop_consumer(consumer), producer.stop()):
+                try:
+                    await asyncio.wait_for(step, STOP_CLIENT_SECONDS)
+                except TimeoutError:
+                    log.warning("worker: Kafka did not answer while stopping; not waiting")
             log.info("worker stopped")
 
     def assigned(self) -> list[TopicPartition] | None:

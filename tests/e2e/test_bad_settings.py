@@ -22,6 +22,7 @@ import pytest
 
 from application.commands import RegisterBatch
 from infrastructure.bootstrap import Bootstrap
+from infrastructure.kafka.local_broker import LocalBroker
 from infrastructure.settings import Settings, SettingsError, load_settings
 from tests.conftest import TEST_REDIS_URL, make_settings
 from tests.e2e.conftest import service_env
@@ -221,6 +222,17 @@ def test_a_listener_that_is_not_kafka_fails_within_the_startup_timeout(
     assert seconds < 3 + 5, seconds  # not a whole Kafka request timeout (30 s)
 
 
+def test_dlq_list_against_a_listener_that_is_not_kafka_is_one_line(
+    silent_kafka: Settings,
+) -> None:
+    result, seconds = run(silent_kafka, "dlq", "list", STARTUP_TIMEOUT_SECONDS="3")
+    assert result.returncode == 2, result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr  # no aiokafka noise around it
+    assert "KAFKA_BOOTSTRAP_SERVERS" in lines[0] and "STARTUP_TIMEOUT_SECONDS" in lines[0]
+    assert seconds < 3 + 5, seconds
+
+
 @pytest.mark.parametrize("command", ["worker", "outbox", "run"])
 def test_sigterm_while_waiting_for_a_silent_broker_stops_within_10_s(
     silent_kafka: Settings, command: str
@@ -316,3 +328,68 @@ def test_a_projector_that_loses_redis_names_it_while_retrying(
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+@pytest.fixture(scope="module")
+def proxied_broker() -> Iterator[ProxyThread]:
+    """A broker of its own that clients reach only through a proxy (it advertises the
+    proxy), so the proxy can make the whole broker go silent."""
+    broker = LocalBroker()
+    proxy = ProxyThread(broker.host, broker.port).start()
+    broker.advertised = proxy.address
+    broker.start()
+    yield proxy
+    broker.stop()
+    proxy.stop()
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("command", ["worker", "outbox", "run"])
+def test_sigterm_with_a_broker_gone_silent_stops_within_10_s(
+    proxied_broker: ProxyThread, command: str, tmp_path: Path
+) -> None:
+    proxy = proxied_broker
+    s = make_settings(KAFKA_BOOTSTRAP_SERVERS=proxy.address, **topic_env(new_tag(8)))
+    args = [command, "--no-local-broker"] if command == "run" else [command]
+    log_path = tmp_path / "service.log"
+
+    def start() -> subprocess.Popen[bytes]:
+        with log_path.open("w") as log_file:
+            return subprocess.Popen(
+                [sys.executable, "-m", "infrastructure.cli.main", *args],
+                cwd=ROOT,
+                env=service_env(s),
+                stdout=subprocess.DEVNULL,
+                stderr=log_file,
+            )
+
+    def started(what: str) -> None:
+        deadline = time.monotonic() + 60
+        while what not in log_path.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert what in log_path.read_text(), log_path.read_text()[-3000:]
+
+    # A member killed without leaving its group: the next one's join waits for its
+    # session to expire, and the broker goes silent during that join.
+    proc = start()
+    started("worker started" if command != "outbox" else "service started")
+    proc.kill()
+    proc.wait()
+    proc = start()
+    try:
+        started("service started")
+        time.sleep(2)
+        proxy.partition()  # every connection to the broker, old and new, goes silent
+        time.sleep(4)  # mid-request: the join, fetches and metadata all unanswered
+        proc.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        proc.wait(timeout=60)
+        assert time.monotonic() - started < 10, log_path.read_text()[-3000:]
+        assert proc.returncode == 0, log_path.read_text()[-3000:]
+    finally:
+        proxy.heal(reset=True)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        drop_schema(s)
+        drop_redis_prefix(s)
