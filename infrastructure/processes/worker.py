@@ -60,6 +60,7 @@ log = logging.getLogger("batchslot.worker")
 # Bounds on the worker's stop (commit, then consumer and producer), under 10 s in all.
 STOP_COMMIT_SECONDS = 3.0
 STOP_CLIENT_SECONDS = 2.5
+LAG_REPORT_SECONDS = 1.0  # batchslot_consumer_lag is refreshed at most this often
 
 
 async def _unless_stopped(starting: Awaitable[None], stop: asyncio.Event) -> bool:
@@ -134,6 +135,8 @@ class Worker:
         self.in_hand = 0  # messages of the poll being handled now
         self.retrying = False  # the last attempt failed transiently (a dependency is down)
         self._next: dict[TopicPartition, int] = {}
+        self._lag_reported_at = 0.0
+        self._lag_labels: set[tuple[str, str, str]] = set()
         self._consumer: AIOKafkaConsumer | None = None
         self._uncommitted: dict[TopicPartition, int] = {}  # handled, not yet committed
         self._committed_at = float("-inf")
@@ -176,6 +179,7 @@ class Worker:
                 elif self._uncommitted:  # idle: commit what is handled
                     async with self._lock:
                         await self._flush_commits(consumer)
+                await self._report_lag(consumer)
         finally:
             # Each step bounded: a broker that stopped answering must not hold a stopping
             # process (compose and Kubernetes kill after 10 s). An offset not committed is
@@ -189,6 +193,33 @@ class Worker:
                 except TimeoutError:
                     log.warning("worker: Kafka did not answer while stopping; not waiting")
             log.info("worker stopped")
+
+    async def _report_lag(self, consumer: AIOKafkaConsumer) -> None:
+        """batchslot_consumer_lag{group,topic,partition}: the partition's highwater minus the
+        worker's position (records waiting), at most once a second; partitions this
+        worker no longer holds are removed."""
+        now = time.monotonic()
+        if now < self._lag_reported_at + LAG_REPORT_SECONDS:
+            return
+        self._lag_reported_at = now
+        group = self.settings.kafka_consumer_group
+        held: set[tuple[str, str, str]] = set()
+        for tp in consumer.assignment():
+            high = consumer.highwater(tp)
+            if high is None:
+                continue
+            try:
+                position = await asyncio.wait_for(consumer.position(tp), 1.0)
+            except Exception as e:  # not known yet (a reset pending): report it next time
+                log.debug("consumer position unknown", extra={"error": type(e).__name__})
+                continue
+            labels = (group, tp.topic, str(tp.partition))
+            metrics.CONSUMER_LAG.labels(*labels).set(max(0, high - position))
+            held.add(labels)
+        for labels in self._lag_labels - held:
+            with contextlib.suppress(KeyError):
+                metrics.CONSUMER_LAG.remove(*labels)
+        self._lag_labels = held
 
     def assigned(self) -> list[TopicPartition] | None:
         """The consumer's partitions (for /readyz); None until its consumer has started."""
