@@ -16,6 +16,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 
 from infrastructure.cli import (
+    batches,
     completion,
     deadletters,
     initialise,
@@ -127,6 +128,7 @@ app.command()(readmodel.verify)
 services.register(app)
 app.add_typer(deadletters.app, name="dlq")
 app.command()(pending.pending)
+app.command()(batches.batches)
 app.command()(completion.completion)
 
 
