@@ -201,7 +201,8 @@ class HealthServer:
             except OSError as e:  # in use (two processes on one host with one METRICS_PORT)
                 raise SettingsError(
                     f"METRICS_PORT: cannot serve on port {port} ({e.strerror or e}): another "
-                    "process on this host uses it; give each process its own METRICS_PORT"
+                    "process on this host uses it; give each process its own METRICS_PORT "
+                    "(0: any free port)"
                 ) from None
             self._server.daemon_threads = True
             threading.Thread(

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -393,3 +394,76 @@ def test_sigterm_with_a_broker_gone_silent_stops_within_10_s(
             proc.wait()
         drop_schema(s)
         drop_redis_prefix(s)
+
+
+# ------------------------------------------------- `batchctl run`'s metrics port
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does
+        try:
+            sock.bind(("0.0.0.0", port))  # where the health server binds
+        except OSError:
+            return False
+        return True
+
+
+def _run_env(s: Settings) -> dict[str, str]:
+    env = service_env(s)
+    del env["METRICS_PORT"]  # as an operator runs it: nothing set
+    return env
+
+
+def test_run_serves_health_on_9100_by_default(e2e_settings: Settings, tmp_path: Path) -> None:
+    if not _port_free(9100):
+        pytest.skip("port 9100 is in use on this machine")
+    log_path = tmp_path / "run.log"
+    with log_path.open("w") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "infrastructure.cli.main", "run", "--no-local-broker"],
+            cwd=ROOT,
+            env=_run_env(e2e_settings),
+            stdout=subprocess.DEVNULL,
+            stderr=log_file,
+        )
+    try:
+        deadline, status = time.monotonic() + 60, None
+        while status != 200 and time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen("http://127.0.0.1:9100/readyz", timeout=5) as r:
+                    status = r.status
+            except OSError:
+                time.sleep(0.3)
+        assert status == 200, log_path.read_text()[-3000:]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def test_run_on_a_host_where_9100_is_taken_is_one_line(e2e_settings: Settings) -> None:
+    held = socket.socket()
+    try:
+        if _port_free(9100):  # else something else holds it: the same case
+            held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            held.bind(("0.0.0.0", 9100))
+            held.listen(1)
+        started = time.monotonic()
+        result = subprocess.run(
+            [sys.executable, "-m", "infrastructure.cli.main", "run", "--no-local-broker"],
+            cwd=ROOT,
+            env=_run_env(e2e_settings),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        line = last_error(result)
+        assert "METRICS_PORT: cannot serve on port 9100" in line, line
+        assert time.monotonic() - started < 20
+    finally:
+        held.close()
