@@ -265,3 +265,31 @@ def test_rebuild_of_an_empty_read_model_needs_no_force(seeded: Settings) -> None
     result = batchctl(seeded, "rebuild")
     assert result.returncode == 0, result.stderr
     assert batchctl(seeded, "verify").returncode == 0
+
+
+def test_a_projector_on_a_mistyped_schema_does_not_wipe_the_read_model(
+    seeded: Settings,
+) -> None:
+    """The processes create on start (DATABASE_AUTO_CREATE), so a typo gives an empty
+    store: the projector must not take the read model ahead of it for a restore."""
+    typo = f"t_typo_{new_tag(8)}"
+    before = redis_snapshot(seeded)
+    try:
+        started = time.monotonic()
+        result = subprocess.run(
+            [sys.executable, "-m", "infrastructure.cli.main", "projector"],
+            cwd=ROOT,
+            env=env_of(seeded, DATABASE_SCHEMA=typo, METRICS_PORT="0"),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 2, result
+        last = result.stderr.strip().splitlines()[-1]
+        assert last.startswith("error: refusing to project") and typo in last, last
+        assert "batchctl rebuild --force" in last
+        assert time.monotonic() - started < 30
+        assert redis_snapshot(seeded) == before
+    finally:
+        with psycopg.connect(**conninfo(seeded), autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(typo)))
