@@ -12,6 +12,12 @@ separate service (tests use several "instances" at once). ``tracing`` (the
 tracer provider, ``infrastructure/tracing.py``) is built first, from the
 settings, and shut down last (its buffered spans flushed); off unless
 configured.
+
+Creation is explicit: ``create`` (default ``DATABASE_AUTO_CREATE``) lets the
+container create the database, schema and tables it uses, under the DDL lock,
+as the long-running processes do on start; without it (every other batchctl
+command) it creates nothing and a missing one is ``StoreMissing``.
+``create_store()`` (``batchctl init``) creates everything the store needs.
 """
 
 from __future__ import annotations
@@ -22,10 +28,17 @@ from typing import TYPE_CHECKING, Any
 
 from application.service import BatchService, utc_now
 from infrastructure.kafka.clients import KafkaClients
-from infrastructure.postgres.due_index import DueIndex
+from infrastructure.postgres.due_index import DUE_TABLE, DueIndex
+from infrastructure.postgres.due_index import TRACKING_TABLE as DUE_TRACKING_TABLE
 from infrastructure.postgres.listen import Listener
 from infrastructure.postgres.snapshots import prune_snapshots
-from infrastructure.postgres.store import ddl_lock, ensure_database, event_store_env
+from infrastructure.postgres.store import (
+    ddl_lock,
+    ensure_database,
+    event_store_env,
+    require_store,
+    store_tables,
+)
 from infrastructure.redis.view import RedisSlotView
 from infrastructure.settings import Settings, load_settings
 from infrastructure.tracing import Tracing, build_tracing
@@ -37,6 +50,9 @@ if TYPE_CHECKING:
     from infrastructure.processes.projector import Projector
     from infrastructure.processes.worker import Worker
 
+# The library's tables for BatchService: its events and its snapshots.
+SERVICE_TABLES = ("batchservice_events", "batchservice_snapshots")
+
 
 class Bootstrap:
     def __init__(
@@ -46,9 +62,11 @@ class Bootstrap:
         service: BatchService | None = None,
         view: RedisSlotView | None = None,
         tracing: Tracing | None = None,
+        create: bool | None = None,
         **service_options: Any,
     ) -> None:
         self.settings = settings
+        self.create = settings.database_auto_create if create is None else create
         self._service = service
         self._view = view
         self._tracing = tracing
@@ -89,13 +107,17 @@ class Bootstrap:
             tracing.shutdown()
 
     def event_store_env(self) -> dict[str, str]:
-        return event_store_env(self.settings)
+        return event_store_env(self.settings, create=self.create)
 
     def batch_service(self, clock: Callable[[], datetime] = utc_now, **kwargs: Any) -> BatchService:
-        """A new service with its own pool (the caller closes it); see ``service``."""
-        ensure_database(self.settings)
+        """A new service with its own pool (the caller closes it); see ``service``.
+
+        With ``create`` the database, schema and the library's tables are created
+        if missing; without, their absence is ``StoreMissing`` and nothing is created.
+        """
         tracer = self.tracing.tracer
-        with ddl_lock(self.settings):  # the library creates its tables (CREATE_TABLE=y)
+
+        def build() -> BatchService:
             return BatchService(
                 env=self.event_store_env(),
                 clock=clock,
@@ -108,6 +130,28 @@ class Bootstrap:
                     **kwargs,
                 },
             )
+
+        if not self.create:
+            require_store(self.settings, SERVICE_TABLES)
+            return build()
+        ensure_database(self.settings)
+        with ddl_lock(self.settings):  # the library creates its tables (CREATE_TABLE=y)
+            return build()
+
+    def create_store(self) -> list[str]:
+        """Create (idempotently, under the DDL lock) the database, the schema and every
+        table the service and its processes use; return the tables now there."""
+        from infrastructure.postgres.redrives import RedriveLog
+        from infrastructure.processes.outbox import create_outbox_tables
+
+        self.create = True
+        service = self.service  # the database, schema, events and snapshots
+        self.due_index  # noqa: B018 - its tables and position row
+        with ddl_lock(self.settings):
+            create_outbox_tables(service)
+        with RedriveLog(self.settings) as redrives:
+            redrives.create()
+        return store_tables(self.settings)
 
     @property
     def service(self) -> BatchService:
@@ -143,8 +187,11 @@ class Bootstrap:
         if self._due_index is None:
             service = self.service
             index = DueIndex(service.recorder.datastore, service.name)  # type: ignore[attr-defined]
-            with ddl_lock(self.settings):
-                index.create_table()
+            if self.create:
+                with ddl_lock(self.settings):
+                    index.create_table()
+            else:
+                require_store(self.settings, (DUE_TABLE, DUE_TRACKING_TABLE))
             self._due_index = index
         return self._due_index
 
@@ -165,7 +212,11 @@ class Bootstrap:
         from infrastructure.processes.outbox import Outbox
 
         return Outbox(
-            self.settings, self.service, kafka=self.kafka, tracing=self.tracing, **options
+            self.settings,
+            self.service,
+            kafka=self.kafka,
+            tracing=self.tracing,
+            **{"create_tables": self.create, **options},
         )
 
     def worker(self, **options: Any) -> Worker:

@@ -38,6 +38,17 @@ READ_MODEL_RESETS = Counter(
     "(position lost or moved back) or rebuild (position ahead of the store: a restore).",
     ["action"],
 )
+CONSUMER_LAG = Gauge(
+    "batchslot_consumer_lag",
+    "Inbound records waiting per partition: the highwater minus the worker's position.",
+    ["group", "topic", "partition"],
+)
+READY = Gauge(
+    "batchslot_ready", "1 while /readyz would answer 200 (refreshed at every scrape), else 0."
+)
+READINESS_CHECK = Gauge(
+    "batchslot_readiness_check_ok", "1 while the named /readyz check passes, else 0.", ["check"]
+)
 OUTBOX_LAG = Gauge("batchslot_outbox_lag_events", "Stored events not yet published to Kafka.")
 OUTBOX_PARKED = Gauge(
     "batchslot_outbox_parked_events",

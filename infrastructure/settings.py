@@ -10,7 +10,7 @@ import os
 import re
 from collections.abc import Mapping
 from typing import Literal
-from urllib.parse import quote, unquote_plus, urlsplit
+from urllib.parse import parse_qsl, quote, unquote_plus, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
@@ -90,6 +90,9 @@ class Settings(BaseModel):
     database_keepalives_idle_seconds: int = Field(default=5, ge=1, le=3600)
     database_keepalives_interval_seconds: int = Field(default=2, ge=1, le=600)
     database_keepalives_count: int = Field(default=3, ge=1, le=100)
+    # The long-running processes create the database, schema and tables on start; false
+    # for deployments that migrate separately (`batchctl init`). Other commands never do.
+    database_auto_create: bool = True
     redis_url: SecretStr = SecretStr(DEFAULT_REDIS_URL)
     redis_key_prefix: str = Field(default="", pattern=r"^[A-Za-z0-9._:-]{0,64}$")
     redis_socket_timeout_seconds: float = Field(default=5.0, gt=0, le=600)
@@ -181,6 +184,8 @@ class Settings(BaseModel):
                 "must look like redis://[user:password@]host:6379/0 or, for a Redis "
                 "Cluster, redis+cluster://[user:password@]host1:6379,host2:6379/0"
             )
+        else:
+            _redis_db(url)  # raises ValueError: never silently database 0
         return v
 
     @property
@@ -261,6 +266,27 @@ def redact_url(url: str) -> str:
     return url
 
 
+def _redis_db(url: str) -> int:
+    """The database number of a redis://, rediss:// or unix:// URL (path or ``?db=``).
+
+    redis-py ignores a number it cannot read and uses database 0, another
+    deployment's keys; so anything but a number is refused (whether the server
+    has that database is its answer to SELECT: ``DB index is out of range``).
+    """
+    parts = urlsplit(url)
+    path = parts.path.strip("/") if parts.scheme != "unix" else ""
+    given = [("the path", path)] if path else []
+    given += [("?db=", v) for k, v in parse_qsl(parts.query) if k == "db"]
+    number = 0
+    for where, text in given:
+        if not text.isascii() or not text.isdigit():
+            raise ValueError(
+                f"the database ({where}) must be a number, not {text!r}: redis://host:6379/0"
+            )
+        number = int(text)
+    return number
+
+
 def redis_cluster_startup(url: str) -> tuple[str, list[tuple[str, int]]]:
     """A Redis Cluster URL as redis-py takes it (plain scheme, the first host) and every
     start-up node it names (``redis+cluster://[user:pw@]h1:6379,h2:6379/0``; a plain
@@ -309,6 +335,7 @@ _ENV: dict[str, str] = {
     "DATABASE_KEEPALIVES_IDLE_SECONDS": "database_keepalives_idle_seconds",
     "DATABASE_KEEPALIVES_INTERVAL_SECONDS": "database_keepalives_interval_seconds",
     "DATABASE_KEEPALIVES_COUNT": "database_keepalives_count",
+    "DATABASE_AUTO_CREATE": "database_auto_create",
     "REDIS_URL": "redis_url",
     "REDIS_KEY_PREFIX": "redis_key_prefix",
     "REDIS_SOCKET_TIMEOUT_SECONDS": "redis_socket_timeout_seconds",

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 from typing import Any
+from urllib.parse import urlsplit
 
 import psycopg
 import psycopg_pool
@@ -27,12 +28,59 @@ from aiokafka.errors import KafkaError
 from eventsourcing import persistence
 
 from application.service import ConcurrencyExhausted
+from infrastructure.settings import Settings, redis_cluster_startup
 
 log = logging.getLogger("batchslot.transient")
 
 
 class DependencyDown(RuntimeError):
     """A dependency was still failing when the process was asked to stop."""
+
+
+class StartupTimeout(RuntimeError):
+    """A dependency did not answer within STARTUP_TIMEOUT_SECONDS (one line naming it)."""
+
+
+def where(settings: Settings, dependency: str) -> str:
+    """Which server a dependency is, for a log line or an error: host:port and the
+    variable that set it, never a password (``Redis at 10.0.0.5:6379 (REDIS_URL)``)."""
+    if dependency == "Kafka":
+        return f"Kafka at {settings.kafka_bootstrap_servers} (KAFKA_BOOTSTRAP_SERVERS)"
+    if dependency == "Redis":
+        url = settings.redis_url.get_secret_value()
+        if settings.redis_cluster_mode:
+            nodes = redis_cluster_startup(url)[1]
+            return "Redis at " + ",".join(f"{h}:{p}" for h, p in nodes) + " (REDIS_URL)"
+        parts = urlsplit(url)
+        address = parts.path if parts.scheme == "unix" else f"{parts.hostname}:{parts.port or 6379}"
+        return f"Redis at {address} (REDIS_URL)"
+    parts = urlsplit(settings.database_url.get_secret_value())
+    return (
+        f"PostgreSQL at {parts.hostname}:{parts.port or 5432}/{parts.path.lstrip('/')} "
+        "(DATABASE_URL)"
+    )
+
+
+def dependency_of(error: BaseException) -> str | None:
+    """Which dependency a failure is of (PostgreSQL, Redis, Kafka), if the class says."""
+    module = type(error).__module__
+    for prefix, name in (
+        ("redis", "Redis"),
+        ("aiokafka", "Kafka"),
+        ("kafka", "Kafka"),
+        ("psycopg", "PostgreSQL"),
+        ("eventsourcing", "PostgreSQL"),
+    ):
+        if module == prefix or module.startswith(prefix + "."):
+            return name
+    return None
+
+
+def described(error: BaseException, settings: Settings) -> str:
+    """``ConnectionError from Redis at 127.0.0.1:6379 (REDIS_URL)``: what a retry log says."""
+    dependency = dependency_of(error)
+    name = type(error).__name__
+    return name if dependency is None else f"{name} from {where(settings, dependency)}"
 
 
 TRANSIENT: tuple[type[BaseException], ...] = (

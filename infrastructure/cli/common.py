@@ -66,8 +66,12 @@ def settings() -> Settings:
 
 @contextmanager
 def container(s: Settings | None = None) -> Iterator[Bootstrap]:
-    """The wiring container; what it built is closed when the command ends."""
-    with Bootstrap(s or settings()) as built:
+    """The wiring container; what it built is closed when the command ends.
+
+    It creates nothing (only ``batchctl init`` and the long-running processes do): a
+    missing database, schema or table is a one-line error naming the setting.
+    """
+    with Bootstrap(s or settings(), create=False) as built:
         yield built
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -20,6 +21,7 @@ from rich.text import Text
 
 from infrastructure.cli.common import (
     JSON_HELP,
+    err,
     fail,
     out,
     print_json,
@@ -87,6 +89,12 @@ class Selection:
         return self.batch is None or letter.batch_id == self.batch
 
 
+def quiet_kafka() -> None:
+    """aiokafka's own log lines (``Unable connect to ...``) are not for an operator's
+    terminal: the one-line error says what failed."""
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+
+
 def _read(
     s: Settings,
     keep: Callable[[Letter], bool],
@@ -94,8 +102,10 @@ def _read(
     partition: int | None = None,
     from_offset: int | None = None,
     to_offset: int | None = None,
+    missing_ok: bool = False,
 ) -> tuple[Scan, list[Letter]]:
-    scan = Scan(s.topics.dlq)
+    scan = Scan(s.topics.dlq, missing_ok=missing_ok)
+    quiet_kafka()
 
     async def collect() -> list[Letter]:
         return [
@@ -167,7 +177,13 @@ def list_(
             slim.append(replace(letter, value=None))
         return False
 
-    scan, _ = _read(s, keep)
+    scan, _ = _read(s, keep, missing_ok=True)
+    if scan.missing:
+        err().print(
+            f"note: the broker has no topic {scan.topic!r} (TOPIC_DLQ) yet: nothing was "
+            "dead-lettered there, or TOPIC_DLQ / KAFKA_BOOTSTRAP_SERVERS point elsewhere",
+            markup=False,
+        )
     with RedriveLog(s) as log:
         history = log.history(slim)
     for row, letter in zip(rows, slim, strict=True):

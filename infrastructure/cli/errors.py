@@ -12,7 +12,9 @@ import psycopg_pool
 import redis
 from eventsourcing import persistence
 
+from infrastructure.postgres.store import StoreMissing
 from infrastructure.settings import SettingsError, load_settings, redact_url
+from infrastructure.transient import StartupTimeout
 
 _POSTGRES = (
     psycopg.OperationalError,
@@ -33,7 +35,7 @@ def dependency_error(e: BaseException) -> str | None:
     """The one-line message for an operator-fixable failure, or None for a bug."""
     if isinstance(e, SettingsError):
         return f"invalid configuration: {e}"
-    if isinstance(e, DependencyUnavailable):
+    if isinstance(e, (DependencyUnavailable, StoreMissing, StartupTimeout)):
         return str(e)
     if isinstance(e, _POSTGRES):
         return f"PostgreSQL unreachable at {_url('database_url')} (DATABASE_URL): {_first(e)}"
@@ -41,6 +43,16 @@ def dependency_error(e: BaseException) -> str | None:
         isinstance(e, redis.ResponseError) and str(e).startswith(("NOAUTH", "WRONGPASS"))
     ):
         return f"Redis refused the credentials at {_url('redis_url')} (REDIS_URL): {_first(e)}"
+    if isinstance(e, redis.ResponseError) and "DB index is out of range" in str(e):
+        return (
+            f"REDIS_URL: the Redis at {_url('redis_url')} has no such database ({_first(e)}): "
+            "use a database number the server has (0-15 unless its `databases` says more)"
+        )
+    if isinstance(e, redis.exceptions.InvalidResponse):
+        return (
+            f"REDIS_URL: the server at {_url('redis_url')} does not answer as Redis does "
+            f"({_first(e)}): check the host and port"
+        )
     if isinstance(e, _REDIS):
         return f"Redis unreachable at {_url('redis_url')} (REDIS_URL): {_first(e)}"
     if _is_kafka_connection_error(e):

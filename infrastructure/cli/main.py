@@ -16,8 +16,10 @@ from typing import Annotated, Any, NoReturn
 import typer
 
 from infrastructure.cli import (
+    batches,
     completion,
     deadletters,
+    initialise,
     inspection,
     pending,
     readmodel,
@@ -115,6 +117,7 @@ def _root(
     """Options that come before the command."""
 
 
+app.command()(initialise.init)
 app.command()(inspection.status)
 app.command()(inspection.audit)
 app.command()(store.replay)
@@ -125,6 +128,7 @@ app.command()(readmodel.verify)
 services.register(app)
 app.add_typer(deadletters.app, name="dlq")
 app.command()(pending.pending)
+app.command()(batches.batches)
 app.command()(completion.completion)
 
 

@@ -16,6 +16,7 @@ from infrastructure.cli.common import (
     JSON_HELP,
     container,
     err,
+    fail,
     out,
     print_json,
     progress_bar,
@@ -26,27 +27,49 @@ from infrastructure.cli.compare import Difference, compare
 from infrastructure.cli.events import fold
 from infrastructure.postgres.reader import EventStoreReader
 from infrastructure.processes.projector import rebuild as rebuild_read_model
+from infrastructure.redis.view import RedisSlotView
 from infrastructure.settings import Settings
 from projections.slot_view import read_model_of
 
 JsonOpt = Annotated[bool, typer.Option("--json", help=JSON_HELP)]
 
 
-def rebuild(json_output: JsonOpt = False) -> None:
+ForceOpt = Annotated[
+    bool,
+    typer.Option(
+        "--force",
+        help="Rebuild also from an empty store or one behind the read model (drops what "
+        "the store does not have).",
+    ),
+]
+
+
+def rebuild(json_output: JsonOpt = False, force: ForceOpt = False) -> None:
     """Drop the Redis read model and rebuild it from the event store.
 
-    Safe at any time: the read model is derived data. Prints the events and
-    batches replayed and the time taken.
+    The read model is derived data, so this is safe at any time, also with a
+    projector running. It refuses (exit 2, saying what it would drop) when
+    the event store is empty but the read model is not, or when the store's
+    last position is behind what the read model has seen (the wrong
+    DATABASE_URL or DATABASE_SCHEMA, or a store restored from an older
+    backup): check the settings, then --force. Prints the events and batches
+    replayed and the time taken.
 
     Examples:
 
         batchctl rebuild && batchctl verify
 
         batchctl rebuild --json
+
+        batchctl rebuild --force     (after a restore of PostgreSQL from a backup)
     """
     s = settings()
-    with progress_bar("rebuilding", progress_wanted(json_output)) as progress:
-        summary = rebuild_read_model(s, progress)
+    with container(s) as built:
+        service, view = built.service, built.view
+        if not force:
+            _refuse_a_wipe(s, service.recorder.max_notification_id() or 0, view)
+        with progress_bar("rebuilding", progress_wanted(json_output)) as progress:
+            summary = rebuild_read_model(s, progress, service=service, view=view)
     result = {
         "events": summary.events,
         "batches": summary.batches,
@@ -155,6 +178,28 @@ def _scan(
                     found.read_model_only += 1
                     found.add([Difference(batch_id, "batch", None, "present")], echo)
     return positions
+
+
+def _refuse_a_wipe(s: Settings, head: int, view: RedisSlotView) -> None:
+    """Fail when a rebuild would drop read-model data the store cannot give back."""
+    position = view.position()
+    where = f"DATABASE_SCHEMA={s.database_schema} of DATABASE_URL"
+    if head == 0:
+        batches = sum(1 for _ in view.batch_ids())
+        if batches or position:
+            fail(
+                f"refusing to rebuild: the event store ({where}) is empty, so a rebuild would "
+                f"drop all {batches} batches of the read model (REDIS_KEY_PREFIX="
+                f"{s.redis_key_prefix!r}, position {position}); check DATABASE_URL and "
+                "DATABASE_SCHEMA, or use --force to empty the read model"
+            )
+    elif position is not None and head < position:
+        fail(
+            f"refusing to rebuild: the event store ({where}) ends at position {head} but the "
+            f"read model has seen position {position}, so a rebuild would drop or roll back "
+            "what the store does not have; check DATABASE_URL and DATABASE_SCHEMA (or, after "
+            "restoring the store from a backup, use --force)"
+        )
 
 
 def _model(batch: Batch | None) -> Any:

@@ -6,6 +6,7 @@ Each runs until SIGINT or SIGTERM, then finishes what it holds and exits 0.
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import typer
 
@@ -19,13 +20,25 @@ LOCAL_BROKER_HELP = (
 )
 
 
+# `batchctl run` serves /metrics, /healthz and /readyz here unless METRICS_PORT says otherwise.
+RUN_METRICS_PORT = 9100
+
+
 def _serve(worker: bool, projector: bool, outbox: bool, local_broker: bool) -> None:
     from infrastructure.cli.common import fail
-    from infrastructure.processes.runtime import Parts, local_broker_if_needed, serve
+    from infrastructure.processes.runtime import (
+        ALL,
+        Parts,
+        StoppedBeforeStart,
+        local_broker_if_needed,
+        serve,
+    )
 
     settings = load_settings()
     logs.configure(settings.log_level, settings.secrets())
     parts = Parts(worker=worker, projector=projector, outbox=outbox, sweep=worker)
+    if parts == ALL and settings.metrics_port is None:  # `run`: health on by default
+        settings = settings.model_copy(update={"metrics_port": RUN_METRICS_PORT})
     broker = None
     if parts.needs_kafka and local_broker:
         try:
@@ -34,6 +47,8 @@ def _serve(worker: bool, projector: bool, outbox: bool, local_broker: bool) -> N
             fail(f"{e}: start the broker or fix KAFKA_BOOTSTRAP_SERVERS")
     try:
         asyncio.run(serve(settings, parts))
+    except StoppedBeforeStart as e:  # SIGTERM while waiting for a dependency: a clean stop
+        logging.getLogger("batchslot.runtime").info("service stopped", extra={"why": str(e)})
     finally:
         if broker is not None:
             broker.stop()
@@ -72,6 +87,8 @@ def run(
     ),
 ) -> None:
     """Worker, projector, outbox and sweep in one process, for a single machine.
+
+    Serves /metrics, /healthz and /readyz on METRICS_PORT, 9100 unless set.
 
     Example: batchctl run        (then feed the inbound topics; Ctrl-C stops it)
     """

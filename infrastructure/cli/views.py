@@ -43,7 +43,7 @@ class BothSides:
     @classmethod
     def of(cls, settings: Settings, batch_id: str, batch: Batch | None) -> BothSides:
         store = read_model_of(batch) if batch is not None else None
-        with Bootstrap(settings) as container:
+        with Bootstrap(settings, create=False) as container:
             current = container.view.read_batch(batch_id)
         return cls(batch_id, store, current, compare(batch_id, store, current))
 

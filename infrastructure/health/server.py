@@ -33,8 +33,9 @@ from typing import Any
 from prometheus_client import REGISTRY
 from prometheus_client.exposition import choose_encoder
 
+from infrastructure import metrics
 from infrastructure.health.metering import set_build_info
-from infrastructure.settings import Settings
+from infrastructure.settings import Settings, SettingsError
 
 log = logging.getLogger("batchslot.health")
 HEARTBEAT_SECONDS = 1.0
@@ -142,6 +143,9 @@ class Health:
                     results[name] = Check(False, f"check failed: {e!r}"[:300])
         results = {name: self._redacted(c) for name, c in results.items()}
         failing = [name for name, c in results.items() if not c.ok]
+        metrics.READY.set(0 if failing else 1)
+        for name, c in results.items():
+            metrics.READINESS_CHECK.labels(name).set(1 if c.ok else 0)
         body = {
             "status": "not ready" if failing else "ready",
             "failing": failing,
@@ -156,6 +160,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
         if path == "/metrics":
+            self.health.ready()  # batchslot_ready and batchslot_readiness_check_ok, fresh
             encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
             self._send(200, encoder(REGISTRY), content_type)
         elif path == "/healthz":
@@ -191,7 +196,14 @@ class HealthServer:
         self._server: ThreadingHTTPServer | None = None
         if port is not None:
             handler = type("Handler", (_Handler,), {"health": health})
-            self._server = ThreadingHTTPServer((host, port), handler)
+            try:
+                self._server = ThreadingHTTPServer((host, port), handler)
+            except OSError as e:  # in use (two processes on one host with one METRICS_PORT)
+                raise SettingsError(
+                    f"METRICS_PORT: cannot serve on port {port} ({e.strerror or e}): another "
+                    "process on this host uses it; give each process its own METRICS_PORT "
+                    "(0: any free port)"
+                ) from None
             self._server.daemon_threads = True
             threading.Thread(
                 target=self._server.serve_forever, name="metrics-http", daemon=True

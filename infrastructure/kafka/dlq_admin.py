@@ -21,6 +21,7 @@ acknowledged the record, and withdrawn if the send fails.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -140,6 +141,26 @@ class Scan:
     topic: str
     end_offsets: dict[int, int] = field(default_factory=dict)
     start_offsets: dict[int, int] = field(default_factory=dict)
+    missing_ok: bool = False  # a topic the broker does not have is empty (``dlq list``)
+    missing: bool = False  # ... and it was missing
+
+
+async def _start(consumer: Any, settings: Settings) -> None:
+    """Start the consumer, bounded: a listener that accepts and never answers is given
+    up on within STARTUP_TIMEOUT_SECONDS (at most a Kafka request timeout)."""
+    bound = min(settings.startup_timeout_seconds, settings.kafka_request_timeout_ms / 1000)
+    try:
+        await asyncio.wait_for(consumer.start(), max(1.0, bound))
+    except BaseException as e:
+        with contextlib.suppress(BaseException):  # no "Unclosed AIOKafkaConsumer" noise
+            await asyncio.wait_for(stop_consumer(consumer), 2.0)
+        if not isinstance(e, TimeoutError):
+            raise
+        raise DependencyUnavailable(
+            f"Kafka at {settings.kafka_bootstrap_servers} (KAFKA_BOOTSTRAP_SERVERS) did not "
+            f"answer within {max(1.0, bound):g} s (STARTUP_TIMEOUT_SECONDS): is Kafka "
+            "running there?"
+        ) from None
 
 
 async def read_letters(
@@ -159,9 +180,12 @@ async def read_letters(
         max_partition_fetch_bytes=DLQ_MAX_REQUEST_BYTES,
         fetch_max_bytes=DLQ_MAX_REQUEST_BYTES,
     )
-    await consumer.start()
+    await _start(consumer, settings)
     try:
         if scan.topic not in await consumer.topics():
+            if scan.missing_ok:  # nothing was ever dead-lettered on this broker
+                scan.missing = True
+                return
             raise DependencyUnavailable(
                 f"the dead-letter topic {scan.topic!r} does not exist on the broker "
                 "(TOPIC_DLQ, KAFKA_BOOTSTRAP_SERVERS)"

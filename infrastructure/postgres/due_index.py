@@ -25,7 +25,7 @@ from typing import Any
 
 from eventsourcing.persistence import IntegrityError
 from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
-from psycopg.sql import SQL, Identifier
+from psycopg.sql import SQL, Composable, Identifier
 
 from projections.due_index import DueChange, DueEntry, fold_due
 
@@ -159,6 +159,31 @@ class DueIndex(PostgresTrackingRecorder):
             return {
                 r["batch_id"]: DueEntry(r["deadline"], r["pending_since"]) for r in curs.fetchall()
             }
+
+    def listing(
+        self, ttl_seconds: int, *, until: datetime | None = None, open_only: bool = False
+    ) -> list[tuple[str, datetime | None, datetime | None]]:
+        """(batch_id, deadline, pending_since) of every batch the index holds, soonest due
+        first (a deadline, or the oldest pending content + ``ttl_seconds``); ``until``:
+        only those due by then; ``open_only``: only registered (open) batches."""
+        due = SQL("coalesce(deadline, pending_since + make_interval(secs => %s))")
+        conditions: list[Composable] = [SQL("deadline IS NOT NULL")] if open_only else []
+        params: list[Any] = []
+        if until is not None:
+            conditions.append(due + SQL(" <= %s"))
+            params += [ttl_seconds, until]
+        where = SQL(" WHERE ") + SQL(" AND ").join(conditions) if conditions else SQL("")
+        query = (
+            SQL("SELECT batch_id, deadline, pending_since FROM {0}").format(self._rows)
+            + where
+            + SQL(" ORDER BY ")
+            + due
+            + SQL(", batch_id")
+        )
+        params.append(ttl_seconds)
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(query, params)
+            return [(r["batch_id"], r["deadline"], r["pending_since"]) for r in curs.fetchall()]
 
     def _due(self, column: str, until: datetime, limit: int | None) -> list[str]:
         query = SQL("SELECT batch_id FROM {0} WHERE {1} <= %s ORDER BY {1}, batch_id").format(

@@ -110,6 +110,41 @@ class EventStoreReader(OwnConnection):
             if current:
                 yield current
 
+    def last_position(self, originator_id: UUID) -> int | None:
+        """The position of a stream's last event (None: no such stream)."""
+        query = sql.SQL("SELECT max(notification_id) FROM {} WHERE originator_id = %s").format(
+            self._table
+        )
+        row = self.conn.execute(query, [originator_id]).fetchone()
+        return int(row[0]) if row and row[0] is not None else None
+
+    def tracked_position(self, table: str, application_name: str) -> int | None:
+        """A follower's position in its tracking ``table`` of this schema (None: no table)."""
+        if not self._exists(table):
+            return None
+        query = sql.SQL(
+            "SELECT max(notification_id) FROM {} WHERE application_name = %s"
+        ).format(sql.Identifier(self.settings.database_schema, table))
+        row = self.conn.execute(query, [application_name]).fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
+
+    def parked_count(self, table: str, batch_id: str) -> int | None:
+        """Events of a batch in the outbox's parking ``table`` (None: no table)."""
+        if not self._exists(table):
+            return None
+        query = sql.SQL("SELECT count(*) FROM {} WHERE batch_id = %s").format(
+            sql.Identifier(self.settings.database_schema, table)
+        )
+        row = self.conn.execute(query, [batch_id]).fetchone()
+        return int(row[0]) if row else 0
+
+    def _exists(self, table: str) -> bool:
+        row = self.conn.execute(
+            "SELECT to_regclass(%s)",
+            [sql.Identifier(self.settings.database_schema, table).as_string(self.conn)],
+        ).fetchone()
+        return bool(row and row[0])
+
     def known_streams(self, originator_ids: Sequence[UUID]) -> set[UUID]:
         """Which of these aggregate ids have a stream in the store."""
         query = sql.SQL(

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from psycopg import sql
 
-from infrastructure.postgres.store import OwnConnection
+from infrastructure.postgres.store import OwnConnection, require_store
 from infrastructure.settings import Settings
 
 if TYPE_CHECKING:
@@ -76,11 +76,11 @@ class RedriveLog(OwnConnection):
         return bool(row and row[0])
 
     def create(self) -> None:
-        """Create the schema and table if missing (serialised by an advisory lock)."""
-        schema = sql.Identifier(self.settings.database_schema)
+        """Create the table if missing (serialised by an advisory lock), in a schema that
+        must exist: a typo in DATABASE_SCHEMA is refused (``StoreMissing``), not created."""
+        require_store(self.settings)
         with self.conn.transaction():
             self.conn.execute("SELECT pg_advisory_xact_lock(hashtext('batchslot.dlq_redrives'))")
-            self.conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(schema))
             self.conn.execute(
                 sql.SQL(
                     "CREATE TABLE IF NOT EXISTS {} ("

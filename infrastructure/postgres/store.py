@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, Self
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -25,7 +25,7 @@ from infrastructure.postgres.timeouts import (
     factory_topic,
     libpq_bounds,
 )
-from infrastructure.settings import Settings
+from infrastructure.settings import Settings, redact_url
 
 # libpq reads these from the environment; DATABASE_URL's query string sets them.
 _LIBPQ_PARAMS = {
@@ -56,8 +56,12 @@ def conninfo(settings: Settings, dbname: str | None = None) -> dict[str, Any]:
     return kwargs
 
 
-def event_store_env(settings: Settings) -> dict[str, str]:
-    """The ``eventsourcing`` library's environment for this deployment."""
+def event_store_env(settings: Settings, *, create: bool = True) -> dict[str, str]:
+    """The ``eventsourcing`` library's environment for this deployment.
+
+    ``create``: the library creates its tables when the application is built
+    (callers hold the DDL lock); without it, it only uses the tables there are.
+    """
     info = conninfo(settings)
     # The library builds its pool from host/port/user/password only; TLS and
     # friends reach libpq through its standard environment variables.
@@ -84,7 +88,7 @@ def event_store_env(settings: Settings) -> dict[str, str]:
         # No "SELECT 1" before every statement (a round trip each): a broken connection
         # fails the statement instead, and every caller retries transient failures.
         "POSTGRES_PRE_PING": "n",
-        "CREATE_TABLE": "y",
+        "CREATE_TABLE": "y" if create else "n",
         # Appends without psycopg's pipeline mode (see infrastructure/postgres/recorder.py).
         "APPLICATION_RECORDER_TOPIC": recorder_topic(),
         # No library aggregate cache: BatchService keeps its own (AGGREGATE_CACHE_SIZE),
@@ -142,6 +146,59 @@ def ensure_database(settings: Settings) -> None:
                     sql.Identifier(settings.database_schema)
                 )
             )
+
+
+class StoreMissing(RuntimeError):
+    """The database, schema or a table a command needs does not exist (one line, says
+    which setting to check and that ``batchctl init`` creates it)."""
+
+
+def require_store(settings: Settings, tables: Sequence[str] = ()) -> None:
+    """Check, creating nothing, that the database, the schema and ``tables`` exist.
+
+    Raises ``StoreMissing`` naming what is missing: a typo in DATABASE_URL or
+    DATABASE_SCHEMA must not look like an empty store.
+    """
+    info = conninfo(settings)
+    dbname, schema = info["dbname"], settings.database_schema
+    url = redact_url(settings.database_url.get_secret_value())
+    try:
+        conn = psycopg.connect(**info, **libpq_bounds(settings), autocommit=True)
+    except psycopg.OperationalError as e:
+        if f'database "{dbname}" does not exist' not in str(e):
+            raise
+        raise StoreMissing(
+            f"database {dbname!r} does not exist at {url} (DATABASE_URL): check DATABASE_URL, "
+            "or create the store with `batchctl init`"
+        ) from None
+    with conn:
+        found = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", [schema]).fetchone()
+        if found is None:
+            raise StoreMissing(
+                f"schema {schema!r} does not exist in database {dbname!r} (DATABASE_SCHEMA): "
+                "check DATABASE_SCHEMA and DATABASE_URL, or create the store with `batchctl init`"
+            )
+        for table in tables:
+            row = conn.execute(
+                "SELECT to_regclass(%s)", [sql.Identifier(schema, table).as_string(conn)]
+            ).fetchone()
+            if row is None or row[0] is None:
+                raise StoreMissing(
+                    f"table {schema}.{table} does not exist in database {dbname!r} "
+                    f"(DATABASE_SCHEMA={schema}): the store is not initialised; run "
+                    "`batchctl init`, or check DATABASE_SCHEMA and DATABASE_URL"
+                )
+
+
+def store_tables(settings: Settings) -> list[str]:
+    """The tables in DATABASE_SCHEMA, by name."""
+    with connect(settings) as conn:
+        rows = conn.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = %s "
+            "ORDER BY table_name",
+            [settings.database_schema],
+        ).fetchall()
+    return [str(r[0]) for r in rows]
 
 
 def connect(settings: Settings) -> psycopg.Connection[Any]:

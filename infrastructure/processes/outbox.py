@@ -72,12 +72,13 @@ from infrastructure.kafka.clients import KafkaClients, producer_kwargs
 from infrastructure.postgres import timeouts as pg_timeouts
 from infrastructure.postgres.completions import CompletionFacts
 from infrastructure.postgres.listen import Listener
-from infrastructure.postgres.parking import ParkingLot
+from infrastructure.postgres.parking import PARKED_TABLE, ParkingLot
 from infrastructure.postgres.recorder import traceparent_of_notification
-from infrastructure.postgres.store import ddl_lock
+from infrastructure.postgres.store import ddl_lock, require_store
 from infrastructure.processes.follower import acheck_fence, check_fence, follow, run_blocking
 from infrastructure.settings import Settings
 from infrastructure.tracing import Tracing, ending
+from infrastructure.transient import described
 from projections.envelope import OutboundMessage, envelope_of
 from projections.huleedu import Completion, MissingOwner, huleedu_messages, needs_completion
 
@@ -143,6 +144,7 @@ class Outbox:
         parked_retry_seconds: float = 30.0,
         kafka: KafkaClients | None = None,
         tracing: Tracing | None = None,
+        create_tables: bool = True,
     ) -> None:
         if not isinstance(app.recorder, PostgresApplicationRecorder):
             raise TypeError("the outbox needs the PostgreSQL event store")
@@ -159,8 +161,11 @@ class Outbox:
         self._tracking = PostgresTrackingRecorder(
             app.recorder.datastore, tracking_table_name=TRACKING_TABLE
         )
-        with ddl_lock(settings):  # processes starting at once: one creates the table
-            self._tracking.create_table()
+        if create_tables:  # else the store was initialised (`batchctl init`): check it is
+            with ddl_lock(settings):  # processes starting at once: one creates the table
+                self._tracking.create_table()
+        else:
+            require_store(settings, (TRACKING_TABLE, PARKED_TABLE))
         self._producer_overrides = dict(producer_overrides or {})
         self._producer: Any = None
         self._partitioner = DefaultPartitioner()
@@ -174,7 +179,8 @@ class Outbox:
             {**producer_kwargs(settings), **self._producer_overrides}["max_request_size"]
         )
         self.parking = ParkingLot(app.recorder, app.name)
-        self.parking.create_table()
+        if create_tables:
+            self.parking.create_table()
         # WIRE_PROFILE=huleedu: HuleEdu's events too (projections/huleedu.py).
         self.huleedu = settings.huleedu_topics
         self._completion_facts = CompletionFacts(app.recorder)
@@ -592,7 +598,9 @@ class Outbox:
     async def failed(self, error: Exception) -> bool:
         """Broker or database trouble: retry the page after the backoff."""
         self.failures += 1
-        log.warning("outbox page failed (%s: %s); retrying", type(error).__name__, error)
+        log.warning(
+            "outbox page failed (%s: %s); retrying", described(error, self.settings), error
+        )
         await self.close()
         return True
 
@@ -602,3 +610,11 @@ def run_outbox(settings: Settings, stop: threading.Event, **options: Any) -> Non
     with Bootstrap(settings) as container:
         outbox = container.outbox(**options)
         run_blocking(outbox.run, stop)
+
+
+def create_outbox_tables(app: Application[UUID]) -> None:
+    """Create the outbox's position and parking tables if missing (``batchctl init``;
+    the caller holds the DDL lock)."""
+    recorder: Any = app.recorder
+    PostgresTrackingRecorder(recorder.datastore, tracking_table_name=TRACKING_TABLE).create_table()
+    ParkingLot(recorder, app.name).create_table()

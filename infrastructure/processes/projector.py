@@ -38,16 +38,22 @@ from infrastructure.bootstrap import Bootstrap
 from infrastructure.postgres import timeouts as pg_timeouts
 from infrastructure.postgres.listen import Listener
 from infrastructure.postgres.recorder import traceparent_of_notification
+from infrastructure.postgres.store import StoreMissing
 from infrastructure.processes.follower import follow, run_blocking
 from infrastructure.redis.rebuild import RebuildSummary, rebuild
 from infrastructure.redis.view import PositionLost, RedisSlotView
 from infrastructure.settings import Settings
 from infrastructure.tracing import Tracing, ending
-from infrastructure.transient import TRANSIENT
+from infrastructure.transient import TRANSIENT, described
 from projections.slot_view import VersionGap
 
 __all__ = ["Projector", "RebuildSummary", "rebuild", "run_projector"]
 log = logging.getLogger(__name__)
+
+
+class StoreEmpty(StoreMissing):
+    """The store has no events at all while the read model has seen some: never rebuilt
+    automatically (a wrong DATABASE_URL or DATABASE_SCHEMA would wipe the read model)."""
 
 
 class StoreBehind(RuntimeError):
@@ -206,7 +212,7 @@ class Projector:
             self._restore = True
             return False
         if isinstance(error, TRANSIENT):
-            log.warning("slot projector: %s; retrying", type(error).__name__)
+            log.warning("slot projector: %s; retrying", described(error, self.settings))
             self._restart = True
             return True
         raise error
@@ -216,6 +222,15 @@ class Projector:
     def _check_ahead(self, position: int | None) -> None:
         store = self.service.recorder.max_notification_id() or 0
         if position is not None and position > store:
+            if store == 0:  # not a restore: most likely the wrong database or schema
+                s = self.settings
+                raise StoreEmpty(
+                    f"refusing to project: the event store (DATABASE_SCHEMA={s.database_schema} "
+                    f"of DATABASE_URL) is empty but the read model (REDIS_KEY_PREFIX="
+                    f"{s.redis_key_prefix!r}) has seen position {position}, so following it "
+                    "would wipe the read model; check DATABASE_URL and DATABASE_SCHEMA, or "
+                    "empty the read model on purpose with `batchctl rebuild --force`"
+                )
             raise StoreBehind(f"read model at position {position}, store's last event {store}")
 
     def _apply(self, notifications: Sequence[Notification], after: int | None) -> int | None:

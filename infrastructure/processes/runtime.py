@@ -24,6 +24,7 @@ from infrastructure.health.metering import report_pending_age
 from infrastructure.health.server import start_health
 from infrastructure.kafka.local_broker import BrokerUnavailable, LocalBroker, answers, first_address
 from infrastructure.postgres import timeouts as pg_timeouts
+from infrastructure.postgres.store import StoreMissing
 from infrastructure.processes.outbox import Outbox
 from infrastructure.processes.projector import Projector
 from infrastructure.processes.sweep import run_sweep
@@ -31,6 +32,7 @@ from infrastructure.processes.watchdog import Reading, StallTracker, watch
 from infrastructure.processes.worker import Worker
 from infrastructure.redis.view import RedisSlotView
 from infrastructure.settings import Settings
+from infrastructure.transient import StartupTimeout, is_transient, where
 
 log = logging.getLogger("batchslot.runtime")
 T = TypeVar("T")
@@ -74,14 +76,21 @@ async def serve(settings: Settings, parts: Parts, stop: asyncio.Event | None = N
     # One container: one service (one connection pool), one Redis client for every part.
     container = Bootstrap(settings, on_conflict=metrics.CONFLICTS.inc)
     if parts.needs_kafka:
-        await _when_available("Kafka", container.kafka.ensure_topics, stop, settings)
+        await _when_available(
+            "Kafka", container.kafka.ensure_topics, stop, settings, bounded=True
+        )
     try:
         service = await _when_available(
             "PostgreSQL", lambda: asyncio.to_thread(lambda: container.service), stop, settings
         )
         # A cluster client reads the topology when built: a cluster still forming is waited for.
+        # The projector's Redis is asked once (a wrong database or a server that is not
+        # Redis fails the start in one line); the other parts only report on it.
         view = await _when_available(
-            "Redis", lambda: asyncio.to_thread(lambda: container.view), stop, settings
+            "Redis",
+            lambda: asyncio.to_thread(lambda: _asked(container.view, parts.projector)),
+            stop,
+            settings,
         )
         outbox = container.outbox() if parts.outbox else None
         jobs: list[Coroutine[Any, Any, None]] = [_report_lag(service, view, outbox, stop)]
@@ -150,19 +159,75 @@ async def _when_available(
     attempt: Callable[[], Awaitable[T]],
     stop: asyncio.Event,
     settings: Settings,
+    *,
+    bounded: bool = False,
 ) -> T:
-    """Start-up: retry a dependency that is restarting (bounded), then give up loudly."""
+    """Start-up: retry a dependency that is restarting (bounded), then give up loudly.
+
+    A failure that is not transient (a store that is not initialised, a Redis
+    database out of range, a server that is not Redis) is raised at once.
+    ``bounded``: each attempt is also cut at the deadline (a Kafka client waits a
+    whole request timeout on a listener that accepts and never answers).
+    """
     loop = asyncio.get_running_loop()
     deadline, delay = loop.time() + settings.startup_timeout_seconds, 0.5
     while True:
         try:
-            return await attempt()
+            bound = max(0.5, deadline - loop.time()) if bounded else None
+            return await _unless_stopped(attempt(), stop, bound, name)
+        except StoppedBeforeStart:
+            raise
         except Exception as e:
-            if stop.is_set() or loop.time() + delay > deadline:
+            if stop.is_set() or not is_transient(e) or isinstance(e, StoreMissing):
                 raise
-            log.warning(f"{name} not available yet; retrying", extra={"error": repr(e)[:200]})
-            await asyncio.sleep(delay)
+            if loop.time() + delay > deadline:
+                if isinstance(e, TimeoutError):
+                    raise StartupTimeout(
+                        f"{where(settings, name)} did not answer within "
+                        f"STARTUP_TIMEOUT_SECONDS={settings.startup_timeout_seconds:g}: "
+                        f"is {name} running there?"
+                    ) from None
+                raise
+            log.warning(
+                f"{where(settings, name)} not available yet; retrying",
+                extra={"error": repr(e)[:200]},
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=delay)
+            if stop.is_set():
+                raise StoppedBeforeStart(f"stopped while waiting for {name}") from e
             delay = min(delay * 2, 5.0)
+
+
+class StoppedBeforeStart(Exception):  # not an error: SIGTERM during start-up
+    """SIGINT/SIGTERM arrived while a dependency was still being waited for."""
+
+
+async def _unless_stopped(
+    attempt: Awaitable[T], stop: asyncio.Event, timeout: float | None, name: str
+) -> T:
+    """``attempt``, abandoned when ``stop`` is set (StoppedBeforeStart) or after ``timeout``
+    (TimeoutError): a silent server must not hold a stopping process."""
+    task = asyncio.ensure_future(attempt)
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopping}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(BaseException):
+        await asyncio.wait_for(task, timeout=1.0)
+    if stop.is_set():
+        raise StoppedBeforeStart(f"stopped while waiting for {name}")
+    raise TimeoutError(f"{name} did not answer in {timeout:g} s")
+
+
+def _asked(view: RedisSlotView, ask: bool) -> RedisSlotView:
+    if ask:
+        view.position()
+    return view
 
 
 async def _report_lag(

@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,9 +47,38 @@ from infrastructure.kafka.undecodable import MAX_UNEXPLAINED, is_decode_error, s
 from infrastructure.logcontext import command_context
 from infrastructure.settings import Settings
 from infrastructure.tracing import Tracing, context_from_headers, ending
-from infrastructure.transient import TRANSIENT, DependencyDown, is_transient, store_writable
+from infrastructure.transient import (
+    TRANSIENT,
+    DependencyDown,
+    described,
+    is_transient,
+    store_writable,
+)
 
 log = logging.getLogger("batchslot.worker")
+
+
+# Bounds on the worker's stop (commit, then consumer and producer), under 10 s in all.
+STOP_COMMIT_SECONDS = 3.0
+STOP_CLIENT_SECONDS = 2.5
+LAG_REPORT_SECONDS = 1.0  # batchslot_consumer_lag is refreshed at most this often
+
+
+async def _unless_stopped(starting: Awaitable[None], stop: asyncio.Event) -> bool:
+    """Await ``starting`` unless ``stop`` is set first (then cancel it): whether it finished."""
+    task = asyncio.ensure_future(starting)
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+    if task.done():
+        task.result()
+        return True
+    task.cancel()
+    with contextlib.suppress(BaseException):
+        await asyncio.wait_for(task, 1.0)
+    return False
 
 
 @dataclass
@@ -107,6 +136,8 @@ class Worker:
         self.in_hand = 0  # messages of the poll being handled now
         self.retrying = False  # the last attempt failed transiently (a dependency is down)
         self._next: dict[TopicPartition, int] = {}
+        self._lag_reported_at = 0.0
+        self._lag_labels: set[tuple[str, str, str]] = set()
         self._consumer: AIOKafkaConsumer | None = None
         self._uncommitted: dict[TopicPartition, int] = {}  # handled, not yet committed
         self._committed_at = float("-inf")
@@ -124,11 +155,15 @@ class Worker:
             listener=_CommitOnRevoke(self._lock, lambda: self._flush_commits(consumer)),
         )
         producer = self.kafka.producer(max_request_size=DLQ_MAX_REQUEST_BYTES)
-        await consumer.start()
-        await producer.start()
-        self._consumer = consumer
-        log.info("worker started", extra={"topics": list(self.kind_of)})
         try:
+            # A stop while the clients connect (a silent broker, a group still forming) ends
+            # the start instead of waiting for it.
+            if not (await _unless_stopped(consumer.start(), stop)) or not (
+                await _unless_stopped(producer.start(), stop)
+            ):
+                return
+            self._consumer = consumer
+            log.info("worker started", extra={"topics": list(self.kind_of)})
             while not stop.is_set():
                 try:
                     records = await consumer.getmany(timeout_ms=500, max_records=self.max_records)
@@ -145,13 +180,47 @@ class Worker:
                 elif self._uncommitted:  # idle: commit what is handled
                     async with self._lock:
                         await self._flush_commits(consumer)
+                await self._report_lag(consumer)
         finally:
+            # Each step bounded: a broker that stopped answering must not hold a stopping
+            # process (compose and Kubernetes kill after 10 s). An offset not committed is
+            # re-delivered, which is harmless (every command is idempotent).
             with contextlib.suppress(Exception):  # best effort: re-delivery is harmless
-                async with self._lock:
+                async with asyncio.timeout(STOP_COMMIT_SECONDS), self._lock:
                     await self._flush_commits(consumer)
-            await stop_consumer(consumer)
-            await producer.stop()
+            for step in (stop_consumer(consumer), producer.stop()):
+                try:
+                    await asyncio.wait_for(step, STOP_CLIENT_SECONDS)
+                except TimeoutError:
+                    log.warning("worker: Kafka did not answer while stopping; not waiting")
             log.info("worker stopped")
+
+    async def _report_lag(self, consumer: AIOKafkaConsumer) -> None:
+        """batchslot_consumer_lag{group,topic,partition}: the partition's highwater minus the
+        worker's position (records waiting), at most once a second; partitions this
+        worker no longer holds are removed."""
+        now = time.monotonic()
+        if now < self._lag_reported_at + LAG_REPORT_SECONDS:
+            return
+        self._lag_reported_at = now
+        group = self.settings.kafka_consumer_group
+        held: set[tuple[str, str, str]] = set()
+        for tp in consumer.assignment():
+            high = consumer.highwater(tp)
+            if high is None:
+                continue
+            try:
+                position = await asyncio.wait_for(consumer.position(tp), 1.0)
+            except Exception as e:  # not known yet (a reset pending): report it next time
+                log.debug("consumer position unknown", extra={"error": type(e).__name__})
+                continue
+            labels = (group, tp.topic, str(tp.partition))
+            metrics.CONSUMER_LAG.labels(*labels).set(max(0, high - position))
+            held.add(labels)
+        for labels in self._lag_labels - held:
+            with contextlib.suppress(KeyError):
+                metrics.CONSUMER_LAG.remove(*labels)
+        self._lag_labels = held
 
     def assigned(self) -> list[TopicPartition] | None:
         """The consumer's partitions (for /readyz); None until its consumer has started."""
@@ -332,7 +401,10 @@ class Worker:
                     raise  # the store is healthy: the commands' own fault
                 self.retrying = True
                 metrics.TRANSIENT.labels("execute").inc()
-                log.warning("transient failure, retrying", extra={"error": type(e).__name__})
+                log.warning(
+                    "transient failure, retrying",
+                    extra={"error": type(e).__name__, "from": described(e, self.settings)},
+                )
                 if stop.is_set():
                     raise DependencyDown(f"stopping while the store fails: {e!r}"[:300]) from e
                 await asyncio.sleep(delay)

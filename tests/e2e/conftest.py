@@ -45,6 +45,7 @@ def service_env(settings: Settings, **extra: str) -> dict[str, str]:
         TOPIC_VALIDATION_FAILED=t.failed,
         TOPIC_BATCH_EVENTS=t.events,
         TOPIC_DLQ=t.dlq,
+        METRICS_PORT="0",  # `batchctl run` would take 9100: a free port, tests run side by side
     )
     env.update(extra)
     return env

@@ -32,7 +32,7 @@ from infrastructure.settings import Settings
 from tests.conftest import drop_redis_prefix, drop_schema, make_settings
 
 ROOT = Path(__file__).resolve().parents[2]
-COMMANDS = ("status", "audit", "replay", "export", "import", "rebuild", "verify")
+COMMANDS = ("init", "status", "audit", "replay", "export", "import", "rebuild", "verify")
 EVENT_KEYS = [
     "position", "batch_id", "version", "event_type", "timestamp", "correlation_id", "data"
 ]
@@ -134,7 +134,10 @@ def seeded(test_settings: Settings, service: BatchService) -> Settings:
 
 @pytest.fixture
 def other_settings() -> Iterator[Settings]:
+    """A second, initialised store (``batchctl init``'s work) to import into."""
     s = make_settings()
+    with Bootstrap(s) as built:
+        built.create_store()
     yield s
     drop_schema(s)
     drop_redis_prefix(s)

@@ -79,6 +79,10 @@ def secret_env(broker: LocalBroker, redis_user: str) -> Iterator[dict[str, str]]
     with pytest.raises(redis.AuthenticationError):
         redis.Redis.from_url(wrong).ping()
     assert redis.Redis.from_url(env["REDIS_URL"]).ping()
+    # The store is initialised as an operator would (the commands create nothing).
+    initialised = batchctl(env, "init")
+    assert initialised.returncode == 0, initialised.stderr
+    assert_no_secret("init", initialised.stdout + initialised.stderr)
     yield env
     s = load_settings(env)
     drop_schema(s)
@@ -87,7 +91,8 @@ def secret_env(broker: LocalBroker, redis_user: str) -> Iterator[dict[str, str]]
 
 def process_env(extra: dict[str, str]) -> dict[str, str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "REDIS_"))}
-    return {**base, "PYTHONUNBUFFERED": "1", "TERM": "dumb", **extra}
+    # METRICS_PORT=0: `batchctl run` would take 9100; a free port, tests run side by side.
+    return {**base, "PYTHONUNBUFFERED": "1", "TERM": "dumb", "METRICS_PORT": "0", **extra}
 
 
 def batchctl(

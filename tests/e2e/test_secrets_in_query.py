@@ -59,6 +59,9 @@ def query_env(broker: LocalBroker, redis_user: str) -> Iterator[dict[str, str]]:
         **topic_env(tag),
         "LOG_LEVEL": "DEBUG",
     }
+    # The store is initialised as an operator would (the commands create nothing).
+    initialised = batchctl(env, "init")
+    assert initialised.returncode == 0, initialised.stderr
     # The query-string password really is what Redis gets: a wrong one is refused.
     wrong = f"{TEST_REDIS_URL}?username={redis_user}&password=wrong"
     result = batchctl({**env, "REDIS_URL": wrong}, "status", "x")

@@ -12,6 +12,8 @@ from __future__ import annotations
 import importlib
 import json
 import re
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -354,3 +356,102 @@ def test_dashboard_covers_what_operators_look_at_first(dashboard: dict[str, Any]
         if family.startswith("batchslot_") and not names & queried
     }
     assert not missing, f"metrics without a panel: {sorted(missing)}"
+
+
+# ------------------------------------------------------- data, ports, secrets
+
+ENV_EXAMPLE = ROOT / ".env.example"
+LOCAL_DEFAULT_PORTS = {5432, 6379, 9092}  # what the README's local servers listen on
+
+
+def test_data_lives_in_named_volumes(compose: dict[str, Any]) -> None:
+    """`docker compose down && up` keeps the event store, the read model and every topic."""
+    named = set(compose.get("volumes") or {})
+    services = compose["services"]
+    kafka_dirs = services["kafka"]["environment"]["KAFKA_LOG_DIRS"]
+    for service, path in (
+        ("postgres", "/var/lib/postgresql/data"),
+        ("redis", "/data"),
+        ("kafka", kafka_dirs),
+        ("prometheus", "/prometheus"),
+        ("grafana", "/var/lib/grafana"),
+    ):
+        volumes = {v.split(":")[1]: v.split(":")[0] for v in services[service]["volumes"]}
+        assert volumes.get(path) in named, f"{service}: {path} is not on a named volume"
+    assert "--appendonly" in services["redis"]["command"]  # Redis writes what it holds
+
+
+def test_host_ports_are_loopback_only_and_avoid_the_local_defaults(
+    compose: dict[str, Any],
+) -> None:
+    for name, spec in compose["services"].items():
+        for mapping in spec.get("ports", []):
+            match = re.fullmatch(r"127\.0\.0\.1:\$\{(\w+):-(\d+)\}:(\d+)", mapping)
+            assert match, f"{name}: {mapping} is not bound to 127.0.0.1 with an override"
+            variable, default = match[1], int(match[2])
+            assert default not in LOCAL_DEFAULT_PORTS, f"{name}: {default} collides"
+            assert re.search(rf"^{variable}={default}$", ENV_EXAMPLE.read_text(), re.M), (
+                f"{variable} is not documented in .env.example"
+            )
+    advertised = compose["services"]["kafka"]["environment"]["KAFKA_ADVERTISED_LISTENERS"]
+    assert "EXTERNAL://localhost:${KAFKA_HOST_PORT:-29092}" in advertised
+
+
+def test_no_default_credentials(compose: dict[str, Any]) -> None:
+    text = COMPOSE.read_text()
+    required = set(re.findall(r"\$\{(\w*PASSWORD\w*)(:?[-?])", text))
+    assert required, "no password variables?"
+    for variable, form in required:
+        assert form == ":?", f"{variable} has a default: compose must refuse without it"
+        assert re.search(rf"^{variable}=$", ENV_EXAMPLE.read_text(), re.M), variable
+    grafana = compose["services"]["grafana"]["environment"]
+    assert grafana["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+    assert ".env" in (ROOT / ".gitignore").read_text().split()
+
+
+def test_every_long_running_container_restarts(compose: dict[str, Any]) -> None:
+    for name, spec in compose["services"].items():
+        if name == "redis-cluster-init" or name.startswith("redis-node-"):
+            continue  # a one-shot job; the scale profile's try-out cluster
+        assert spec.get("restart") == "unless-stopped", name
+
+
+# ------------------------------------------------------------ alert rules
+
+
+def test_alert_rules_are_loaded_and_name_exported_metrics(compose: dict[str, Any]) -> None:
+    prometheus = compose["services"]["prometheus"]
+    sources = {target: source for source, target in mounts(prometheus).items()}
+    config_path = next(
+        a for a in prometheus["command"] if a.startswith("--config.file=")
+    ).split("=", 1)[1]
+    rule_files = load_yaml(sources[config_path])["rule_files"]
+    assert rule_files and all(path in sources for path in rule_files), rule_files
+    series = exported_series() | PROMETHEUS_SERIES
+    alerted: set[str] = set()
+    for path in rule_files:
+        rules_file = sources[path]
+        if shutil.which("promtool"):
+            checked = subprocess.run(
+                ["promtool", "check", "rules", str(rules_file)], capture_output=True, text=True
+            )
+            assert checked.returncode == 0, checked.stdout + checked.stderr
+        for group in load_yaml(rules_file)["groups"]:
+            for rule in group["rules"]:
+                assert rule["alert"] and rule["labels"]["severity"] in ("warning", "critical")
+                assert rule["annotations"]["summary"], rule["alert"]
+                names, grouping = promql_names(rule["expr"])
+                unknown = names - set(series)
+                assert not unknown, f"{rule['alert']}: not exported: {sorted(unknown)}"
+                labels = set().union(*(series[n] for n in names)) | TARGET_LABELS
+                assert grouping <= labels, f"{rule['alert']}: no label {grouping - labels}"
+                used = set(re.findall(r"\$labels\.(\w+)", json.dumps(rule["annotations"])))
+                assert used <= (grouping or labels), f"{rule['alert']}: {used - grouping}"
+                alerted |= names
+    assert {
+        "batchslot_consumer_lag",  # lag growing
+        "batchslot_stalled",  # a stall
+        "batchslot_outbox_parked_events",  # parked events
+        "batchslot_dlq_messages_total",  # dead-letter rate
+        "batchslot_ready",  # /readyz failing
+    } <= alerted
