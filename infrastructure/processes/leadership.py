@@ -42,6 +42,7 @@ from typing import Any
 from infrastructure import metrics
 from infrastructure.postgres.lease import Change, LeaseKeeper, LeaseLost
 from infrastructure.processes.follower import FENCE
+from infrastructure.processes.tasks import until_one_fails
 
 log = logging.getLogger("batchslot.leadership")
 Run = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
@@ -103,13 +104,8 @@ class Leadership:
             asyncio.create_task(self._lead(name, run, stop)) for name, run in followers.items()
         ]
         try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-            for task in done:
-                if task.exception() is not None:
-                    raise task.exception()  # type: ignore[misc]
+            await until_one_fails(tasks, stop)
         finally:
-            stop.set()
-            await asyncio.gather(*tasks, return_exceptions=True)
             await asyncio.to_thread(self.keeper.close)
             for name in followers:
                 metrics.FOLLOWER_LEADER.labels(name).set(0)

@@ -28,6 +28,7 @@ from infrastructure.postgres.store import StoreMissing
 from infrastructure.processes.outbox import Outbox
 from infrastructure.processes.projector import Projector
 from infrastructure.processes.sweep import run_sweep
+from infrastructure.processes.tasks import until_one_fails
 from infrastructure.processes.watchdog import Reading, StallTracker, watch
 from infrastructure.processes.worker import Worker
 from infrastructure.redis.view import RedisSlotView
@@ -140,15 +141,7 @@ async def serve(settings: Settings, parts: Parts, stop: asyncio.Event | None = N
             )
         )
         log.info("service started", extra={"parts": vars(parts), "settings": settings.redacted()})
-        tasks = [asyncio.create_task(job) for job in jobs]
-        try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-            for task in done:
-                if task.exception() is not None:
-                    raise task.exception()  # type: ignore[misc]
-        finally:
-            stop.set()
-            await asyncio.gather(*tasks, return_exceptions=True)
+        await until_one_fails([asyncio.create_task(job) for job in jobs], stop)
     finally:
         container.close()
         log.info("service stopped")

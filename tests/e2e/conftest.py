@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import subprocess
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -110,6 +112,17 @@ async def running(coro_factory: Callable[[asyncio.Event], Any]) -> AsyncIterator
 
 async def eventually(check: Callable[[], bool], timeout: float = 30.0) -> None:
     await eventually_async(check, timeout, every=0.1)
+
+
+def terminate(proc: subprocess.Popen[Any], timeout: float = 30.0) -> int:
+    """SIGTERM a service process and wait for it; kill it if it outlives ``timeout``."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 async def end_offsets(settings: Settings, topics: Iterable[str]) -> dict[TopicPartition, int]:

@@ -26,7 +26,7 @@ from infrastructure.bootstrap import Bootstrap
 from infrastructure.kafka.local_broker import LocalBroker
 from infrastructure.settings import Settings, SettingsError, load_settings
 from tests.conftest import TEST_REDIS_URL, make_settings
-from tests.e2e.conftest import service_env
+from tests.e2e.conftest import service_env, terminate
 from tests.e2e.test_cli import batchctl, one_line_error
 from tests.support.proxy import ProxyThread
 from tests.support.scratch import drop_redis_prefix, drop_schema, new_tag, topic_env
@@ -322,13 +322,7 @@ def test_a_projector_that_loses_redis_names_it_while_retrying(
             time.sleep(0.2)
         assert wanted in log_path.read_text(), log_path.read_text()[-3000:]
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        terminate(proc, timeout=20)
 
 
 @pytest.fixture(scope="module")
@@ -437,13 +431,7 @@ def test_run_serves_health_on_9100_by_default(e2e_settings: Settings, tmp_path: 
                 time.sleep(0.3)
         assert status == 200, log_path.read_text()[-3000:]
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        terminate(proc, timeout=20)
 
 
 def test_run_on_a_host_where_9100_is_taken_is_one_line(e2e_settings: Settings) -> None:

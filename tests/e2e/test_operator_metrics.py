@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -14,7 +13,7 @@ import urllib.request
 from pathlib import Path
 
 from infrastructure.settings import Settings
-from tests.e2e.conftest import drained, produce, service_env
+from tests.e2e.conftest import drained, produce, service_env, terminate
 from tests.support.scenario import registration
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -78,10 +77,4 @@ def test_the_worker_exports_consumer_lag_and_readiness(
         checks = samples(text, "batchslot_readiness_check_ok")
         assert checks and all(v == 1.0 for v in checks.values()), checks
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        terminate(proc, timeout=20)
