@@ -30,13 +30,10 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
+from application.messages import HULEEDU_EVENT_TYPE_OF
 from tests.support.scenario import Kind, Message, Scenario
 
-TOPIC_OF: dict[Kind, str] = {
-    "registered": "huleedu.batch.essays.registered.v1",
-    "provisioned": "huleedu.file.essay.content.provisioned.v1",
-    "failed": "huleedu.file.essay.validation.failed.v1",
-}
+TOPIC_OF: dict[Kind, str] = dict(HULEEDU_EVENT_TYPE_OF)  # HuleEdu's event_type is its topic
 SOURCE_OF: dict[Kind, str] = {
     "registered": "batch-service",
     "provisioned": "file-service",
