@@ -17,6 +17,7 @@ is a failure the message's fault.
 
 from __future__ import annotations
 
+import errno
 import logging
 from typing import Any
 from urllib.parse import urlsplit
@@ -128,9 +129,31 @@ def sqlstate(error: BaseException) -> str | None:
     return None
 
 
+# A client library reading from a socket that was closed under it (the stall watchdog
+# recycles a part's connections to free a call blocked on a silent server): the OS
+# says EBADF, or the library's buffer "I/O operation on closed file".
+_CLIENT_MODULES = ("redis", "psycopg", "psycopg_pool", "aiokafka", "eventsourcing")
+
+
+def closed_under_a_call(error: BaseException) -> bool:
+    """True when ``error`` is a client library's read from a connection closed meanwhile."""
+    closed = (isinstance(error, OSError) and error.errno == errno.EBADF) or (
+        isinstance(error, ValueError) and "closed file" in str(error)
+    )
+    if not closed:
+        return False
+    tb = error.__traceback__
+    while tb is not None:
+        module = str(tb.tb_frame.f_globals.get("__name__", ""))
+        if module.split(".", 1)[0] in _CLIENT_MODULES:
+            return True
+        tb = tb.tb_next
+    return False
+
+
 def is_transient(error: BaseException) -> bool:
     """True for a failure of PostgreSQL, Redis or Kafka (retry; never the message's fault)."""
-    if isinstance(error, TRANSIENT):
+    if isinstance(error, TRANSIENT) or closed_under_a_call(error):
         return True
     code = sqlstate(error)
     return code is not None and (

@@ -44,7 +44,7 @@ from infrastructure.redis.rebuild import RebuildSummary, rebuild
 from infrastructure.redis.view import PositionLost, RedisSlotView
 from infrastructure.settings import Settings
 from infrastructure.tracing import Tracing, ending
-from infrastructure.transient import TRANSIENT, described
+from infrastructure.transient import described, is_transient
 from projections.slot_view import VersionGap
 
 __all__ = ["Projector", "RebuildSummary", "rebuild", "run_projector"]
@@ -211,7 +211,7 @@ class Projector:
             metrics.READ_MODEL_RESETS.labels("rebuild").inc()
             self._restore = True
             return False
-        if isinstance(error, TRANSIENT):
+        if is_transient(error):  # (also a connection the stall watchdog closed mid-read)
             log.warning("slot projector: %s; retrying", described(error, self.settings))
             self._restart = True
             return True
