@@ -27,7 +27,7 @@ The outbox reads those from the store (``Completion``); this module only maps.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID, uuid5
@@ -207,9 +207,3 @@ def _message(
         event_type=name,
         topic=topic,
     )
-
-
-def completions_needed(events: Iterable[Any]) -> list[Any]:
-    """The events of a page that announce a completion (their streams' registration
-    and parts must be read)."""
-    return [e for e in events if needs_completion(e)]
