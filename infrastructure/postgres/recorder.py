@@ -2,7 +2,10 @@
 
 The library appends in pipeline mode: LOCK TABLE (so notification ids commit
 in order), NOTIFY, and one ``INSERT … SELECT FROM unnest(…) RETURNING`` in a
-transaction. psycopg 3.3.9 can deadlock there: when the socket's send buffer
+transaction; this recorder sends the NOTIFY after the INSERT, with the last
+notification id it stored as the payload (``"<schema>:<id>"``), so a follower
+woken by it knows whether it has already read that far. psycopg 3.3.9 can
+deadlock in pipeline mode: when the socket's send buffer
 is full (a large append, while another writer holds the table lock and the
 server is not reading), ``_pipeline_communicate`` stops after a partial
 ``flush()`` and waits for results the server cannot send, while the server
@@ -42,7 +45,7 @@ from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastor
 from eventsourcing.utils import get_topic, retry
 from psycopg import Cursor
 from psycopg.rows import DictRow
-from psycopg.sql import SQL, Composed, Identifier
+from psycopg.sql import SQL, Composed, Identifier, Literal
 
 __all__ = [
     "TRACEPARENT_COLUMN",
@@ -92,6 +95,12 @@ class UnpipelinedApplicationRecorder(PostgresApplicationRecorder):
                 column=Identifier(TRACEPARENT_COLUMN),
             )
         )
+        # Every append's NOTIFY, after its INSERT: "<schema>:<its last notification id>"
+        # (delivered at commit, as the library's; followers skip a read it says they
+        # need not make, infrastructure/postgres/listen.py).
+        self.notify_statement: Composed = SQL("SELECT pg_notify({channel}, %s)").format(
+            channel=Literal(self.channel_name)
+        )
         # Every append: five parallel base-type arrays (see _insert_stored_events).
         self.insert_traced_events_statement: Composed = SQL(
             "INSERT INTO {schema}.{table} AS t ("
@@ -121,9 +130,12 @@ class UnpipelinedApplicationRecorder(PostgresApplicationRecorder):
             self._insert_events(curs, stored_events, **kwargs)
             if not stored_events:
                 return None
-            # Lock the table, NOTIFY, then insert and return the notification ids.
+            # Lock the table, insert, read the notification ids, NOTIFY which they are.
             self._insert_stored_events(curs, stored_events, **kwargs)
-            return self._fetch_ids_after_insert_events(curs, stored_events, **kwargs)
+            ids = self._fetch_ids_after_insert_events(curs, stored_events, **kwargs)
+            if ids:
+                curs.execute(self.notify_statement, (f"{self.datastore.schema}:{max(ids)}",))
+            return ids
 
     def _insert_stored_events(
         self,
@@ -138,7 +150,6 @@ class UnpipelinedApplicationRecorder(PostgresApplicationRecorder):
         # arrays in C. unnest() of parallel arrays zips them in order, so RETURNING
         # still lists the ids in the events' order. No traceparents: the column is NULL.
         self._lock_table(curs)
-        self._notify_channel(curs)
         contexts = traceparents or {}
         curs.execute(
             self.insert_traced_events_statement,

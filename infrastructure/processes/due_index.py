@@ -20,6 +20,7 @@ from eventsourcing.persistence import IntegrityError, Notification
 from infrastructure import metrics
 from infrastructure.postgres.due_index import DueIndex
 from infrastructure.postgres.listen import Listener
+from infrastructure.postgres.shared_log import shared_log
 from infrastructure.processes.follower import follow
 from infrastructure.transient import is_transient
 from projections.due_index import due_change_of
@@ -45,11 +46,16 @@ class DueIndexFollower:
         self.page_size, self.idle_timeout = page_size, idle_timeout
         self.conflicts = 0  # pages another follower recorded first
         self.applied: int | None = None  # the last position applied
+        # The position this follower last moved the index to (None: read it). A page
+        # moves it from there by compare-and-set, so a follower that another moved
+        # past is told so (IntegrityError) and reads it again: no read per page.
+        self._after: int | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
+        self._after = None  # (a new lease: another instance may have led)
         await follow(
             self,
-            self._app.recorder,
+            shared_log(self._app),
             self._listener,
             stop,
             page_size=self.page_size,
@@ -59,24 +65,26 @@ class DueIndexFollower:
     # ------------------------------------------------------------ Follower
 
     async def read_after(self) -> int | None:
-        return await asyncio.to_thread(self.index.position)
+        if self._after is None:
+            self._after = await asyncio.to_thread(self.index.position)
+        return self._after
 
     async def handle(self, page: Sequence[Notification], after: int | None) -> None:
         await asyncio.to_thread(self.apply, page, after or 0)
 
     def apply(self, page: Sequence[Notification], after: int) -> None:
-        mapper = self._app.mapper
-        changes = []
-        for n in page:
-            event = mapper.to_domain_event(n)
-            changes.append((str(event.batch_id), due_change_of(event)))
+        changes = [
+            (str(event.batch_id), due_change_of(event))
+            for event in shared_log(self._app).events(page)
+        ]
         self.index.apply(changes, after, page[-1].id)
-        self.applied = page[-1].id
+        self.applied = self._after = page[-1].id
 
     async def caught_up(self) -> None:
         return None
 
     async def failed(self, error: Exception) -> bool:
+        self._after = None  # read the position again
         if isinstance(error, IntegrityError):
             self.conflicts += 1  # another follower recorded this page: read again
             return False

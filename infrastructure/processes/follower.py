@@ -9,10 +9,14 @@ failure (``failed``). ``follow`` does the rest, the same way for all of them:
 - read the page after the follower's position (``page_size`` notifications,
   in notification-id order: ids commit in order, so a page never skips a gap
   that fills later), apply it, and read again at once while pages come full;
+  the page comes from the process's ``SharedLog``
+  (``infrastructure/postgres/shared_log.py``): followers of one process read
+  and decode each page once between them;
 - caught up: wait for PostgreSQL NOTIFY on the events table's channel (the
-  library's recorder notifies in every insert transaction), or
-  ``idle_timeout`` at most, then read again (a wake-up may be for another
-  schema: one empty read, never a missed event);
+  recorder notifies in every append, with the last id it stored), or
+  ``idle_timeout`` at most, then read again; a NOTIFY of ids this loop has
+  already read (the page it just read held them) or of another schema's
+  appends is waited past without a read, never a missed event;
 - a failure goes to the follower, which raises it (the loop ends) or asks
   for a retry, at once or after a capped exponential backoff.
 
@@ -33,10 +37,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from contextvars import ContextVar
 from typing import Protocol
 
-from eventsourcing.persistence import ApplicationRecorder, Notification
+from eventsourcing.persistence import Notification
 
 from infrastructure.postgres.lease import LeaseLost
-from infrastructure.postgres.listen import Listener, first_of
+from infrastructure.postgres.listen import Listener
+from infrastructure.postgres.shared_log import SharedLog
 
 
 class Fence(Protocol):
@@ -92,7 +97,7 @@ class Follower(Protocol):
 
 async def follow(
     follower: Follower,
-    recorder: ApplicationRecorder,
+    log: SharedLog,
     wake: Listener,
     stop: asyncio.Event,
     *,
@@ -102,23 +107,21 @@ async def follow(
 ) -> None:
     """Run ``follower`` until ``stop`` is set (or it raises); closes ``wake`` at the end."""
     delay = backoff[0]
+    announced: int | None = None  # the highest id the last wake-up's NOTIFY named
     try:
         while not stop.is_set():
             try:
                 await acheck_fence()
                 after = await follower.read_after()
-                page = await asyncio.to_thread(
-                    recorder.select_notifications,
-                    start=after or 0,
-                    limit=page_size,
-                    inclusive_of_start=False,
-                )
+                page = await asyncio.to_thread(log.read, after, page_size, announced)
+                announced = None
                 if page:
                     await follower.handle(page, after)
                 delay = backoff[0]
                 if len(page) < page_size:
                     await follower.caught_up()
-                    await first_of(stop.wait(), wake.wait(idle_timeout))
+                    read_to = page[-1].id if page else after or 0
+                    announced = await _wait_for_more(read_to, wake, stop, idle_timeout)
             except LeaseLost:
                 raise
             except Exception as error:
@@ -128,6 +131,41 @@ async def follow(
                     delay = min(delay * 2, backoff[1])
     finally:
         await wake.close()
+
+
+async def _wait_for_more(
+    read_to: int, wake: Listener, stop: asyncio.Event, timeout: float
+) -> int | None:
+    """Wait until an append may hold ids after ``read_to`` (or ``timeout``, or ``stop``);
+    return the highest id announced (None: not known, read anyway).
+
+    Each wake-up's NOTIFY says the highest id it announces: at most ``read_to`` (the
+    last page already held those ids) or 0 (another schema's appends) is waited past.
+    """
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not stop.is_set():
+        left = deadline - asyncio.get_running_loop().time()
+        if left <= 0:
+            return None
+        heard = await _first(wake.wait(left), stop)
+        if heard is None or heard > read_to:
+            return heard
+    return None
+
+
+async def _first(waiting: Awaitable[int | None], stop: asyncio.Event) -> int | None:
+    """What ``waiting`` returns, or None as soon as ``stop`` is set (it is then cancelled)."""
+    task = asyncio.ensure_future(waiting)
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait((task, stopping), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in (task, stopping):
+            t.cancel()
+        await asyncio.gather(task, stopping, return_exceptions=True)
+    if task.cancelled() or task.exception() is not None:
+        return None
+    return task.result()
 
 
 def run_blocking(main: Callable[[asyncio.Event], Awaitable[None]], stop: threading.Event) -> None:

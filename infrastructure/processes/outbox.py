@@ -18,14 +18,23 @@ Wake-ups come from PostgreSQL LISTEN on the events table's NOTIFY channel,
 with a bounded timeout as a fallback. Broker or database trouble is retried
 with capped exponential backoff; commands never wait on any of this.
 
-Republication after a crash: a page holds ``page_size`` (250) events, so a
-kill -9 republishes at most one page. Within a page, as soon as a prefix (in
-notification order) is acknowledged the position is recorded too (every
-``record_every`` events or ``record_interval`` seconds, whichever first, and
-at the end of the page): that matters when a page spans several record
-batches per partition (large envelopes, or ``batch_records`` set to cap the
-records per batch). Measured: a smaller page costs ~10 % of throughput, a
-100-record cap ~45 %, so the page size is the lever.
+Recording the position: as soon as a prefix (in notification order) is
+acknowledged its position is recorded, in the background
+(``processes/recording.py``), every ``record_every`` events or
+``record_interval`` seconds, whichever first, so the fsync'd write is on the
+path of no event and a light load does not pay one per page. Under its lease
+the outbox keeps its position (and the parked batches) in memory between
+pages, since it alone moves them; without a lease it records after every page
+and reads the position back before the next, as instances then share only
+the store's.
+
+Republication after a crash: a page holds ``page_size`` (250) events, and a
+page is not sent while it would take the events acknowledged but not
+recorded past ``page_size``, so a kill -9 republishes at most one page's
+worth. That matters when a page spans several record batches per partition
+(large envelopes, or ``batch_records`` set to cap the records per batch).
+Measured: a smaller page costs ~10 % of throughput, a 100-record cap ~45 %,
+so the page size is the lever.
 
 Refused events (a record the producer or the broker will never take, e.g.
 MESSAGE_SIZE_TOO_LARGE; see ``REFUSALS``) do not hold back other batches: a
@@ -64,6 +73,7 @@ from eventsourcing.postgres import PostgresApplicationRecorder, PostgresTracking
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind
+from psycopg.sql import SQL, Identifier
 
 from application.tracing import context_of, traceparent_of
 from infrastructure import metrics
@@ -74,8 +84,16 @@ from infrastructure.postgres.completions import CompletionFacts
 from infrastructure.postgres.listen import Listener
 from infrastructure.postgres.parking import PARKED_TABLE, ParkingLot
 from infrastructure.postgres.recorder import traceparent_of_notification
+from infrastructure.postgres.shared_log import shared_log
 from infrastructure.postgres.store import ddl_lock, require_store
-from infrastructure.processes.follower import acheck_fence, check_fence, follow, run_blocking
+from infrastructure.processes.follower import (
+    FENCE,
+    acheck_fence,
+    check_fence,
+    follow,
+    run_blocking,
+)
+from infrastructure.processes.recording import PositionWriter
 from infrastructure.settings import Settings
 from infrastructure.tracing import Tracing, ending
 from infrastructure.transient import described
@@ -123,6 +141,10 @@ class _Progress:
     @property
     def position(self) -> int | None:
         return self.ids[self.count - 1] if self.count else None
+
+
+class PositionMoved(RuntimeError):
+    """The outbox's recorded position is not where this outbox left it."""
 
 
 class Outbox:
@@ -186,13 +208,25 @@ class Outbox:
         self._completion_facts = CompletionFacts(app.recorder)
         self._unannounced: set[str] = set()  # batches whose completion HuleEdu cannot get
         self._refusals = 0  # pages refused in a row (a record the broker will never take)
-        self._recorded = 0  # the position this outbox last recorded
-        self._recorded_at = 0.0
-        self._record_lock = asyncio.Lock()
+        self._recorded_at = 0.0  # when a position write was last asked for
+        self._noted = 0
+        self._flush: asyncio.TimerHandle | None = None
+        self._stored = 0  # the position this outbox last read from or wrote to the store
+        self._move_statement = SQL(
+            "INSERT INTO {t} (application_name, notification_id) VALUES (%(app)s, %(to)s) "
+            "ON CONFLICT (application_name) DO UPDATE SET notification_id = %(to)s "
+            "WHERE {t}.notification_id = %(from)s RETURNING notification_id"
+        ).format(t=Identifier(app.recorder.datastore.schema, TRACKING_TABLE))
+        self.head_check_seconds = 5.0
+        self._next_head_check = 0.0
+        self._writer = PositionWriter(self._record, on_recorded=self._on_recorded)
         self._next_parked_retry = 0.0
         self.published: int | None = None  # last position recorded (for the stall watchdog)
         self._listener: Listener | None = None
-        self._parked_hint: set[str] | None = None  # parked batches read with the position
+        # Under its lease this loop alone moves the position and parks (nobody else
+        # writes them): it keeps both in memory between pages (None: read them).
+        self._known: int | None = None  # the position after the last page published
+        self._parked: set[str] | None = None  # batches with parked events
 
     # ------------------------------------------------------------- position
 
@@ -207,29 +241,30 @@ class Outbox:
     # ----------------------------------------------------------- publishing
 
     async def publish_once(self) -> int:
-        """Publish the next page; return how many events it held (0: caught up)."""
-        position = self.published = await asyncio.to_thread(self.position)
-        page = await asyncio.to_thread(
-            self._events.select_notifications,
-            position,
-            self.page_size,
-            inclusive_of_start=False,
-        )
+        """Publish the next page and record its position; return how many events it
+        held (0: caught up)."""
+        position = self.published = self._stored = await asyncio.to_thread(self.position)
+        self._writer.reset(position)
+        page = await asyncio.to_thread(shared_log(self._app).read, position, self.page_size)
         if page:
             await self._publish(page, position)
+            self._writer.ask_acked()
+            await self._writer.settle()
         return len(page)
 
     async def _publish(self, page: Sequence[Notification], position: int) -> None:
         """Publish a page read after ``position``; record how far it got."""
         started = time.perf_counter()
-        self._recorded = max(self._recorded, position)
-        self._record_lock = asyncio.Lock()  # this page's partitions take turns recording
-        parked, self._parked_hint = self._parked_hint, None
+        self._noted = 0  # events of this page handed to the position writer
+        parked = self._parked
         if parked is None:
-            parked = await asyncio.to_thread(self.parking.batches)
+            parked = self._parked = await asyncio.to_thread(self.parking.batches)
+        if FENCE.get() is None:  # no lease: another instance may park meanwhile
+            self._parked = None
         spans: list[Span] = []
         with ending(spans):
             await self._publish_page(page, parked, spans)
+        self._known = page[-1].id
         metrics.OUTBOX_PUBLISH_SECONDS.observe(time.perf_counter() - started)
 
     def _messages(
@@ -314,7 +349,7 @@ class Outbox:
         self, page: Sequence[Notification], spans: list[Span]
     ) -> list[tuple[int, OutboundMessage]]:
         """Every record of a page, in notification order, with its notification id."""
-        events = [self._app.mapper.to_domain_event(n) for n in page]
+        events = shared_log(self._app).events(page)
         completions = await self._completions(events)
         return [
             (n.id, m)
@@ -333,6 +368,9 @@ class Outbox:
             progress.mark(nid for nid, _ in held)
         to_send = [(nid, m) for nid, m in items if m.key.decode() not in parked]
         isolate = self._refusals >= self.refusal_attempts
+        if self._writer.failed or self._writer.unrecorded() + len(page) > self.page_size:
+            self._writer.ask_acked()  # at most one page acknowledged and not recorded
+            await self._writer.settle()
         try:
             await self._send(to_send, progress, isolate=isolate)
         except REFUSALS:
@@ -343,31 +381,73 @@ class Outbox:
 
     def _record(self, notification_id: int) -> None:
         check_fence()  # under a lease: a holder that lost it records (and sends) no more
+        if FENCE.get() is not None and self._tracking.datastore.single_row_tracking:
+            self._move_position(notification_id)
+            return
         with contextlib.suppress(IntegrityError):  # another instance recorded beyond it
             self._tracking.insert_tracking(Tracking(self.application_name, notification_id))
 
+    def _move_position(self, notification_id: int) -> None:
+        """Under the lease: move the recorded position from where this outbox left it
+        (compare-and-set). Anything else there means the store was restored from an older
+        backup (or another instance wrote): ``PositionMoved``, and the loop goes on from
+        the store's position instead of its own."""
+        with self._tracking.datastore.transaction(commit=True) as curs:
+            curs.execute(
+                self._move_statement,
+                {"app": self.application_name, "to": notification_id, "from": self._stored},
+                prepare=True,
+            )
+            if curs.fetchone() is None:
+                raise PositionMoved(
+                    f"the outbox's recorded position is no longer {self._stored}: the store "
+                    "was restored from an older backup, or another instance moved it"
+                )
+        self._stored = notification_id
+
+    def _on_recorded(self, position: int) -> None:
+        self.published = position
+
     async def _checkpoint(self, progress: _Progress, *, final: bool = False) -> None:
-        """Record the acknowledged prefix: every ``record_every`` events, ``record_interval``
-        seconds, or at the end of the page (whichever first)."""
+        """Record the acknowledged prefix, in the background (``PositionWriter``): every
+        ``record_every`` events or ``record_interval`` seconds, whichever first; without
+        a lease also at the end of every page (the store's position is then what
+        instances share)."""
         await acheck_fence()  # after every acknowledged batch: a lost lease sends no more
-        async with self._record_lock:
-            position = progress.position
-            if position is None or position <= self._recorded:
-                return
-            due = final or time.monotonic() - self._recorded_at >= self.record_interval
-            if not due and sum(1 for i in progress.ids[: progress.count] if i > self._recorded) < (
-                self.record_every
-            ):
-                return
-            await asyncio.to_thread(self._record, position)
-            self._recorded, self._recorded_at = position, time.monotonic()
-            self.published = position
+        self._writer.acked(progress.ids[self._noted : progress.count])
+        self._noted = progress.count
+        unasked = self._writer.unasked()
+        if not unasked:
+            return
+        if not (
+            (final and FENCE.get() is None)
+            or unasked >= self.record_every
+            or time.monotonic() - self._recorded_at >= self.record_interval
+        ):
+            return
+        self._writer.ask_acked()
+        self._recorded_at = time.monotonic()
+
+    def _flush_soon(self) -> None:
+        """Caught up with events not recorded: ask for them within ``record_interval``."""
+        if self._flush is not None or not self._writer.unasked():
+            return
+        delay = max(0.0, self._recorded_at + self.record_interval - time.monotonic())
+
+        def flush() -> None:
+            self._flush = None
+            self._writer.ask_acked()
+            self._recorded_at = time.monotonic()
+
+        self._flush = asyncio.get_running_loop().call_later(delay, flush)
 
     async def _park(
         self, items: list[tuple[int, OutboundMessage]], reason: str, tries: int
     ) -> None:
         rows = [(nid, m.key.decode(), m.event_id, m.event_type, reason, tries) for nid, m in items]
         await asyncio.to_thread(self.parking.park, rows)
+        if self._parked is not None:
+            self._parked.update(batch_id for _, batch_id, *_ in rows)
         metrics.OUTBOX_PARKED.set(await asyncio.to_thread(self.parking.count))
 
     async def _send(
@@ -520,6 +600,7 @@ class Outbox:
                     continue
                 published += 1
             await asyncio.to_thread(self.parking.unpark, p.notification_id)
+        self._parked = None  # unparked: read again
         if published:
             log.info("outbox: published %d parked events", published)
         metrics.OUTBOX_PARKED.set(await asyncio.to_thread(self.parking.count))
@@ -556,12 +637,13 @@ class Outbox:
         """Publish until ``stop`` is set: the shared follower loop (wake on NOTIFY,
         retry failures with backoff)."""
         listener = self._listener = Listener(self.settings, self._events.channel_name)
+        self._known = self._parked = None  # (a new lease: another instance may have led)
         self.published = await asyncio.to_thread(self.position)
         log.info("outbox starting at position %d, topic %s", self.published, self.topic)
         try:
             await follow(
                 self,
-                self._events,
+                shared_log(self._app),
                 listener,
                 stop,
                 page_size=self.page_size,
@@ -569,38 +651,69 @@ class Outbox:
                 backoff=self.backoff,
             )
         finally:
+            if self._flush is not None:
+                self._flush.cancel()
+                self._flush = None
+            with contextlib.suppress(Exception):  # a graceful stop records its last page
+                self._writer.ask_acked()
+                await self._writer.settle()
             await self.close()
 
     # ------------------------------------------------------------ Follower
 
     async def read_after(self) -> int:
-        """Retry the parked events when due, then the shared position (another
-        instance may have moved it)."""
+        """Retry the parked events when due; then where to go on: under the lease, from
+        the last page published (this loop alone moves the position); without one, or
+        after a failure, from the position recorded in the store (another instance may
+        have moved it)."""
         if time.monotonic() >= self._next_parked_retry:
             self._next_parked_retry = time.monotonic() + self.parked_retry_seconds
             await self.retry_parked()
-        # The parked batches are read alongside (one round trip less per page, on the
-        # path of every event): only this loop parks or unparks between here and the
-        # page's _publish, which takes them (another instance may park concurrently
-        # either way).
-        position, self._parked_hint = await asyncio.gather(
+        if self._known is not None and FENCE.get() is not None:
+            return self._known
+        with contextlib.suppress(Exception):  # a failed write is retried from the store's
+            await self._writer.settle()
+        # The parked batches are read alongside (one round trip less): only this loop
+        # parks or unparks between here and the page's _publish, which takes them
+        # (without a lease another instance may park concurrently either way).
+        position, self._parked = await asyncio.gather(
             asyncio.to_thread(self.position), asyncio.to_thread(self.parking.batches)
         )
-        self.published = position
+        self._writer.reset(position)
+        self._known = self.published = self._stored = position
         return position
 
     async def handle(self, page: Sequence[Notification], after: int | None) -> None:
         await self._publish(page, after or 0)
 
     async def caught_up(self) -> None:
-        return None
+        self._flush_soon()
+        if time.monotonic() >= self._next_head_check:
+            self._next_head_check = time.monotonic() + self.head_check_seconds
+            await asyncio.to_thread(self._check_head)
+
+    def _check_head(self) -> None:
+        """Idle: is the store behind this outbox (restored from an older backup, its ids
+        drawn again)? Then go on from the position recorded in the store."""
+        store = self._events.max_notification_id() or 0
+        behind = self.position() < self._writer.recorded  # its own position went back
+        if shared_log(self._app).check_head(store) or behind or (self._known or 0) > store:
+            shared_log(self._app).forget()
+            log.warning(
+                "outbox: the event store's last event %d is behind what was published "
+                "(restored from an older backup?); going on from its recorded position",
+                store,
+            )
+            self._known = self._parked = None
 
     async def failed(self, error: Exception) -> bool:
-        """Broker or database trouble: retry the page after the backoff."""
+        """Broker or database trouble: retry the page after the backoff (from the
+        position and parked batches recorded in the store)."""
         self.failures += 1
-        log.warning(
-            "outbox page failed (%s: %s); retrying", described(error, self.settings), error
-        )
+        self._known = self._parked = None
+        if isinstance(error, PositionMoved):
+            shared_log(self._app).forget()  # (restored: the ids it holds are drawn again)
+        log.warning("outbox page failed (%s: %s); retrying", described(error, self.settings), error)
         await self.close()
         return True
 

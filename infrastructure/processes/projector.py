@@ -38,6 +38,7 @@ from infrastructure.bootstrap import Bootstrap
 from infrastructure.postgres import timeouts as pg_timeouts
 from infrastructure.postgres.listen import Listener
 from infrastructure.postgres.recorder import traceparent_of_notification
+from infrastructure.postgres.shared_log import shared_log
 from infrastructure.postgres.store import StoreMissing
 from infrastructure.processes.follower import follow, run_blocking
 from infrastructure.redis.rebuild import RebuildSummary, rebuild
@@ -136,7 +137,7 @@ class Projector:
         self._restart = True
         await follow(
             self,
-            self.service.recorder,
+            shared_log(self.service),
             listener,
             stop,
             page_size=self.page_size,
@@ -221,6 +222,8 @@ class Projector:
 
     def _check_ahead(self, position: int | None) -> None:
         store = self.service.recorder.max_notification_id() or 0
+        if shared_log(self.service).check_head(store):
+            log.warning("the event store is behind what was read from it (restored?)")
         if position is not None and position > store:
             if store == 0:  # not a restore: most likely the wrong database or schema
                 s = self.settings
@@ -234,8 +237,9 @@ class Projector:
             raise StoreBehind(f"read model at position {position}, store's last event {store}")
 
     def _apply(self, notifications: Sequence[Notification], after: int | None) -> int | None:
-        name, mapper = self.service.name, self.service.mapper
-        events = [(mapper.to_domain_event(n), Tracking(name, n.id)) for n in notifications]
+        name = self.service.name
+        decoded = shared_log(self.service).events(notifications)
+        events = [(e, Tracking(name, n.id)) for n, e in zip(notifications, decoded, strict=True)]
         spans = self._spans(notifications) if self.tracer is not None else []
         started = time.perf_counter()
         with ending(spans):

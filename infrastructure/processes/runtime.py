@@ -13,6 +13,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -34,6 +35,8 @@ from infrastructure.processes.worker import Worker
 from infrastructure.redis.view import RedisSlotView
 from infrastructure.settings import Settings
 from infrastructure.transient import StartupTimeout, is_transient, where
+
+BLOCKING_THREADS = 16
 
 log = logging.getLogger("batchslot.runtime")
 T = TypeVar("T")
@@ -70,6 +73,10 @@ def local_broker_if_needed(settings: Settings) -> LocalBroker | None:
 async def serve(settings: Settings, parts: Parts, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
+    # Every blocking call (the worker's append, each follower's reads and writes, the
+    # leases) runs in the default executor; its default size (cores + 4) queues them
+    # on a small machine, and followers waiting for one shared read hold a thread each.
+    loop.set_default_executor(ThreadPoolExecutor(BLOCKING_THREADS, thread_name_prefix="blocking"))
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
@@ -77,9 +84,7 @@ async def serve(settings: Settings, parts: Parts, stop: asyncio.Event | None = N
     # One container: one service (one connection pool), one Redis client for every part.
     container = Bootstrap(settings, on_conflict=metrics.CONFLICTS.inc)
     if parts.needs_kafka:
-        await _when_available(
-            "Kafka", container.kafka.ensure_topics, stop, settings, bounded=True
-        )
+        await _when_available("Kafka", container.kafka.ensure_topics, stop, settings, bounded=True)
     try:
         service = await _when_available(
             "PostgreSQL", lambda: asyncio.to_thread(lambda: container.service), stop, settings

@@ -1,0 +1,203 @@
+"""One read and one decode of each page of the notification log, shared by the followers.
+
+The projector, the outbox and the due-batch index each follow the whole log. In
+one process (``batchctl run``, or a process leading several followers) they
+used to read and decode every event three times. ``SharedLog`` keeps the last
+few thousand notifications read, with their decoded events, so the follower
+that reads a page first pays for it and the others take it from memory.
+
+Why a cached page is the page a fresh read would return: notification ids
+commit in id order (an append takes the events table's EXCLUSIVE lock before
+it draws its ids and holds it to its commit), so a read of the ids after
+``after`` that returns ids up to ``last`` saw every id in ``(after, last]``
+that will ever exist; ids in a rolled-back append are never used again. The
+cache holds one such complete window ``(low, high]``: reads that overlap or
+touch it extend it; a read that does not (a follower replaying from 0) is
+served from the store and kept only if it is ahead of the window (followers
+converge on the head of the log). It is trimmed from the low end to
+``capacity`` notifications.
+
+A read that starts inside the window takes what the window has after it and
+reads only the rest from the store, so it returns exactly what
+``select_notifications(after, limit)`` would, in one store round trip at most.
+Followers that need the same read at once (woken by one NOTIFY) make it once:
+the others wait for it and take the page from the window.
+A store restored from an older backup breaks the premise (ids are drawn
+again): a follower that finds the store behind what it has read calls
+``forget()`` (the projector and the outbox check for it), and a store read
+that contradicts the window (another event under an id it holds) empties it.
+Decoded events are shared too (the library's events are frozen dataclasses;
+no follower changes them). Thread-safe: followers read from worker threads.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+import weakref
+from collections.abc import Sequence
+from typing import Any
+
+from eventsourcing.persistence import ApplicationRecorder, Mapper, Notification
+
+__all__ = ["SharedLog", "shared_log"]
+
+CAPACITY = 4000  # notifications kept (16 outbox pages; a few MB)
+
+
+class SharedLog:
+    def __init__(
+        self, recorder: ApplicationRecorder, mapper: Mapper[Any], capacity: int = CAPACITY
+    ) -> None:
+        self.recorder, self.mapper, self.capacity = recorder, mapper, capacity
+        self._lock = threading.Lock()  # the window's state
+        self._inflight: dict[int, threading.Event] = {}  # store reads under way, by start
+        self._low = self._high = 0  # the window (low, high]; empty while low == high
+        self._ids: list[int] = []  # ascending, all in (low, high]
+        self._rows: dict[int, Notification] = {}
+        self._events: dict[int, Any] = {}  # decoded, by notification id
+        self.store_reads = 0  # reads that went to the store (for tests and metrics)
+        self.reads = 0
+
+    # ------------------------------------------------------------------ reading
+
+    def read(
+        self, after: int | None, limit: int, announced: int | None = None
+    ) -> Sequence[Notification]:
+        """The notifications after ``after`` (None: from the start), at most ``limit``,
+        in id order: what ``select_notifications(after, limit)`` returns.
+
+        ``announced``: the highest id the caller has been told of (the NOTIFY that woke
+        it; None: unknown). A window that reaches it answers a short page from memory:
+        an append after it has not been announced yet, and its NOTIFY wakes the caller
+        again."""
+        after = after or 0
+        with self._lock:
+            self.reads += 1
+        while True:
+            with self._lock:
+                cached = self._after(after, limit)
+                if cached is not None and (
+                    len(cached) == limit or (announced is not None and self._high >= announced)
+                ):
+                    return cached
+                # The window has everything up to its high end: read only what follows.
+                start = self._high if cached is not None else after
+                running = self._inflight.get(start)
+                if running is None:
+                    mine = self._inflight[start] = threading.Event()
+            if running is None:
+                break
+            running.wait()  # another follower reads the same: take its page, then look again
+        try:
+            fresh = list(
+                self.recorder.select_notifications(
+                    start=start, limit=limit - len(cached or ()), inclusive_of_start=False
+                )
+            )
+            with self._lock:
+                self.store_reads += 1
+                self._keep(start, fresh)
+        finally:
+            with self._lock:
+                del self._inflight[start]
+            mine.set()
+        return [*(cached or ()), *fresh]
+
+    def events(self, notifications: Sequence[Notification]) -> list[Any]:
+        """The domain events of ``notifications`` (each decoded once while it is kept)."""
+        with self._lock:
+            known = [self._events.get(n.id) for n in notifications]
+        decoded: dict[int, Any] = {}
+        result = []
+        for n, event in zip(notifications, known, strict=True):
+            if event is None:
+                event = decoded[n.id] = self.mapper.to_domain_event(n)
+            result.append(event)
+        if decoded:
+            with self._lock:
+                for nid, event in decoded.items():
+                    if nid in self._rows:
+                        self._events[nid] = event
+        return result
+
+    def forget(self) -> None:
+        """Drop the window (the store was found behind it: restored from a backup)."""
+        with self._lock:
+            self._clear()
+
+    def check_head(self, store_head: int) -> bool:
+        """Given the store's last id: is the window beyond it (the store restored from
+        an older backup)? Then it is dropped."""
+        with self._lock:
+            if self._high <= store_head:
+                return False
+            self._clear()
+            return True
+
+    # ------------------------------------------------------------------ window
+
+    def _after(self, after: int, limit: int) -> list[Notification] | None:
+        """The window's notifications after ``after`` (None: ``after`` is outside it)."""
+        if not (self._low <= after < self._high):
+            return None
+        i = bisect.bisect_right(self._ids, after)
+        return [self._rows[nid] for nid in self._ids[i : i + limit]]
+
+    def _keep(self, after: int, page: list[Notification]) -> None:
+        """Add a complete read of ``(after, page[-1].id]`` to the window."""
+        if not page:
+            return
+        if any(
+            (held := self._rows.get(n.id)) is not None
+            and (held.originator_id, held.originator_version)
+            != (n.originator_id, n.originator_version)
+            for n in page
+        ):
+            self._clear()  # the store drew these ids again: it was restored
+        last = page[-1].id
+        touches = self._low < self._high and after <= self._high and last >= self._low
+        if not touches:
+            if self._low < self._high and last <= self._high:
+                return  # behind the window (a replay): not kept
+            self._clear()
+            self._low = after
+        else:
+            self._low = min(self._low, after)
+        for n in page:
+            if n.id not in self._rows:
+                self._rows[n.id] = n
+                if self._ids and n.id < self._ids[-1]:
+                    bisect.insort(self._ids, n.id)
+                else:
+                    self._ids.append(n.id)
+        self._high = max(self._high, last)
+        self._trim()
+
+    def _trim(self) -> None:
+        excess = len(self._ids) - self.capacity
+        if excess <= 0:
+            return
+        dropped, self._ids = self._ids[:excess], self._ids[excess:]
+        for nid in dropped:
+            del self._rows[nid]
+            self._events.pop(nid, None)
+        self._low = dropped[-1]
+
+    def _clear(self) -> None:
+        self._ids, self._rows, self._events = [], {}, {}
+        self._low = self._high = 0
+
+
+_LOGS: weakref.WeakKeyDictionary[Any, SharedLog] = weakref.WeakKeyDictionary()
+_LOGS_LOCK = threading.Lock()
+
+
+def shared_log(app: Any) -> SharedLog:
+    """The shared log of an event store application (one per application object: the
+    followers built on one process's service share it)."""
+    with _LOGS_LOCK:
+        log = _LOGS.get(app)
+        if log is None:
+            log = _LOGS[app] = SharedLog(app.recorder, app.mapper)
+        return log

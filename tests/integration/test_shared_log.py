@@ -1,0 +1,164 @@
+"""The followers' shared reads of the notification log (infrastructure/postgres/shared_log.py)
+and the append's NOTIFY payload (infrastructure/postgres/listen.py). Real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from application.commands import RegisterBatch
+from application.service import BatchService
+from infrastructure.bootstrap import Bootstrap
+from infrastructure.postgres.listen import Listener
+from infrastructure.postgres.shared_log import SharedLog
+from infrastructure.postgres.store import conninfo
+from infrastructure.settings import Settings
+from tests.conftest import ManualClock, make_settings
+from tests.integration.slot_support import busy_workload, head
+
+
+@pytest.fixture
+def service(test_settings: Settings) -> Iterator[BatchService]:
+    with Bootstrap(test_settings, clock=ManualClock()) as built:
+        yield built.service
+
+
+def fields(page: Any) -> list[tuple[int, Any, int, str, bytes]]:
+    return [(n.id, n.originator_id, n.originator_version, n.topic, n.state) for n in page]
+
+
+def test_every_read_is_what_the_store_returns(
+    service: BatchService,
+) -> None:
+    busy_workload(service, ManualClock(), batches=30, rounds=400)
+    last = head(service)
+    assert last > 100
+    log = SharedLog(service.recorder, service.mapper, capacity=120)
+    rng = random.Random(3)
+    positions = [0, 0, 0]  # three followers, each reading on from where it stands
+    for _ in range(300):
+        i = rng.randrange(3)
+        if rng.random() < 0.05:
+            positions[i] = rng.randrange(last)  # a replay from anywhere
+        limit = rng.choice([1, 5, 25, 60])
+        page = log.read(positions[i], limit, rng.choice([None, last]))
+        expected = service.recorder.select_notifications(
+            start=positions[i], limit=limit, inclusive_of_start=False
+        )
+        assert fields(page) == fields(expected)
+        assert log.events(page) == [service.mapper.to_domain_event(n) for n in page]
+        if page:
+            positions[i] = page[-1].id
+    assert log.store_reads < log.reads  # (and some came from memory)
+
+
+def test_three_followers_woken_by_one_notify_read_each_page_once(service: BatchService) -> None:
+    busy_workload(service, ManualClock(), batches=10, rounds=200)
+    announced = head(service)  # what the NOTIFY of the last append named
+    log = SharedLog(service.recorder, service.mapper)
+    position, pages = 0, 0
+    while position < announced:
+        page = log.read(position, 50, announced)
+        assert log.read(position, 50, announced) == page == log.read(position, 50, announced)
+        first = log.events(page)
+        assert all(a is b for a, b in zip(log.events(page), first, strict=True))  # decoded once
+        position, pages = page[-1].id, pages + 1
+    assert len(page) < 50  # the last page was short, and still answered from memory
+    assert (log.store_reads, log.reads) == (pages, 3 * pages)
+
+
+def test_a_short_page_is_read_again_unless_the_notify_is_covered(service: BatchService) -> None:
+    busy_workload(service, ManualClock(), batches=5, rounds=40)
+    log = SharedLog(service.recorder, service.mapper)
+    log.read(0, 1000)
+    log.read(0, 1000)  # no announcement: the store may have more
+    assert log.store_reads == 2
+    log.read(0, 1000, head(service))
+    assert log.store_reads == 2
+
+
+def test_events_appended_after_a_cached_short_page_are_read(service: BatchService) -> None:
+    busy_workload(service, ManualClock(), batches=5, rounds=40)
+    log = SharedLog(service.recorder, service.mapper)
+    first = log.read(0, 1000)  # everything so far: a short page
+    service.execute([RegisterBatch(batch_id="later", correlation_id="c", essay_ids=["e1"])])
+    more = log.read(first[0].id, 1000)  # starts inside the cached window, reaches past it
+    assert fields(more) == fields(
+        service.recorder.select_notifications(
+            start=first[0].id, limit=1000, inclusive_of_start=False
+        )
+    )
+    assert more[-1].id == head(service) > first[-1].id
+
+
+def test_the_notify_of_an_append_names_its_schema_and_last_id(
+    test_settings: Settings, service: BatchService
+) -> None:
+    other = make_settings()  # another schema, same database and channel
+
+    async def scenario() -> tuple[int | None, int | None, int | None]:
+        listener = Listener(test_settings, service.recorder.channel_name)
+        try:
+            assert await listener.wait(0.1) is None  # connects and LISTENs
+            await asyncio.to_thread(
+                service.execute,
+                [RegisterBatch(batch_id="b1", correlation_id="c1", essay_ids=["e1", "e2"])],
+            )
+            ours = await listener.wait(5.0)
+            with psycopg.connect(**conninfo(other), autocommit=True) as conn:
+                conn.execute(
+                    "SELECT pg_notify(%s, %s)", (service.recorder.channel_name, "elsewhere:999")
+                )
+            theirs = await listener.wait(5.0)
+            silent = await listener.wait(0.2)
+            return ours, theirs, silent
+        finally:
+            await listener.close()
+
+    ours, theirs, silent = asyncio.run(scenario())
+    assert ours == head(service)
+    assert theirs == 0  # another schema's append: nothing for this one
+    assert silent is None  # a timeout says nothing
+
+
+def test_an_empty_notify_payload_says_read(test_settings: Settings, service: BatchService) -> None:
+    async def scenario() -> int | None:
+        listener = Listener(test_settings, service.recorder.channel_name)
+        try:
+            await listener.wait(0.1)
+            with psycopg.connect(**conninfo(test_settings), autocommit=True) as conn:
+                conn.execute(f'NOTIFY "{service.recorder.channel_name}"')  # an older release
+            return await listener.wait(5.0)
+        finally:
+            await listener.close()
+
+    assert asyncio.run(scenario()) is None
+
+
+def test_followers_reading_the_same_page_at_once_make_one_store_read(
+    service: BatchService,
+) -> None:
+    busy_workload(service, ManualClock(), batches=10, rounds=200)
+    announced = head(service)
+    log = SharedLog(service.recorder, service.mapper)
+    barrier = threading.Barrier(3)
+    pages: list[Any] = []
+
+    def follower() -> None:
+        barrier.wait()
+        pages.append(fields(log.read(0, 1000, announced)))
+
+    threads = [threading.Thread(target=follower) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert len(pages) == 3 and pages[0] == pages[1] == pages[2]
+    assert pages[0][-1][0] == announced
+    assert log.store_reads == 1
