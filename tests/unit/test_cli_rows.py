@@ -1,0 +1,102 @@
+"""Query data to table rows, for the CLI's tables (pure: no servers, no printing)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from infrastructure.cli import deadletter_tables as tables
+from infrastructure.cli.output import Markup
+from infrastructure.cli.queries.deadletters import (
+    Redriven,
+    Shown,
+    letter_document,
+    summary_json,
+)
+from infrastructure.kafka.dlq_admin import Letter, Outcome
+from infrastructure.postgres.redrives import Redrive
+
+AT = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
+ENVELOPE = b'{"event_type": "BatchEssaysRegistered", "correlation_id": "c-1", "data": {}}'
+
+
+def letter(offset: int = 7, value: bytes | None = ENVELOPE, batch: str = "b-1") -> Letter:
+    return Letter(
+        topic="dlq",
+        partition=1,
+        offset=offset,
+        timestamp=AT,
+        key=batch.encode(),
+        value=value,
+        headers=(
+            ("dlq.reason", b"PROCESSING_ERROR"),
+            ("dlq.detail", b"x" * 100),
+            ("dlq.source.topic", b"inbound"),
+            ("dlq.source.partition", b"0"),
+            ("dlq.source.offset", b"41"),
+        ),
+    )
+
+
+def redrive(attempt: int, partition: int | None, offset: int | None) -> Redrive:
+    return Redrive("dlq", 1, 7, attempt, "inbound", partition, offset, AT, None, "ops", False)
+
+
+def test_a_listed_letter_is_one_row_in_the_columns_order() -> None:
+    row = summary_json(letter(), [redrive(1, 0, 50), redrive(2, 2, 9)])
+    cells = tables.list_row(row)
+    assert len(cells) == len(tables.LIST_COLUMNS)
+    assert dict(zip([c.header for c in tables.LIST_COLUMNS], cells, strict=True)) == {
+        "part": "1",
+        "offset": "7",
+        "time": "2026-01-02T03:04:05",
+        "reason": "PROCESSING_ERROR",
+        "source": "inbound/0/41",
+        "batch": row["batch_id"] or "",
+        "redriven": "#1 → 0/50, #2 → 2/9",
+        "detail": "x" * 80,
+    }
+
+
+def test_a_letter_without_time_or_redrives_has_empty_cells() -> None:
+    row = {**summary_json(letter(), []), "timestamp": None, "batch_id": None}
+    cells = tables.list_row(row)
+    assert (cells[2], cells[5], cells[6]) == ("", "", "")
+
+
+def test_a_shown_letter_lists_fields_then_headers_then_redrives() -> None:
+    found, history = letter(), [redrive(1, 0, 50)]
+    rows = tables.show_rows(Shown(found, history, letter_document(found, history)))
+    assert all(len(r) == len(tables.SHOW_COLUMNS) for r in rows)
+    names = [name for name, _ in rows]
+    assert names[:3] == ["timestamp", "reason", "detail"]
+    assert names[9] == "correlation_id" and rows[9][1] == "c-1"
+    assert names[10:15] == [f"header {k}" for k, _ in found.headers]
+    assert rows[-1] == ["redrive #1", "2026-01-02 03:04:05.678000+00:00 by ops → inbound/0/50"]
+    assert isinstance(rows[-1][1], Markup)
+
+
+def test_redrive_rows_and_footer() -> None:
+    sent = Outcome(letter(7), "sent", 1, "inbound", 3, 12)
+    refused = Outcome(letter(8), "already_redriven", None, "inbound")
+    lost = Outcome(letter(9), "unknown_source_topic", None, None)
+    done = Redriven(dry_run=False, outcomes=[sent, refused, lost])
+    rows = [tables.redrive_row(o) for o in done.outcomes]
+    assert all(len(r) == len(tables.REDRIVE_COLUMNS) for r in rows)
+    assert [r[4:] for r in rows] == [
+        ["inbound/3/12", "sent"],
+        ["inbound", "already redriven"],
+        ["?", "unknown source topic"],
+    ]
+    assert tables.redrive_footer(done) == (
+        "sent 1 of 3; 1 already redriven (--force to send again), 1 with an unknown source topic."
+    )
+    assert list(done.as_json())[:6] == [
+        "dry_run",
+        "selected",
+        "sent",
+        "would_send",
+        "already_redriven",
+        "unknown_source_topic",
+    ]
+    dry = Redriven(dry_run=True, outcomes=[Outcome(letter(7), "would_send", None, "inbound")])
+    assert tables.redrive_footer(dry).startswith("would send 1 of 1;")
