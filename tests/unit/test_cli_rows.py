@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from infrastructure.cli import deadletter_tables as tables
 from infrastructure.cli.output import Markup
+from infrastructure.cli.pending import COLUMNS as PENDING_COLUMNS
+from infrastructure.cli.pending import pending_row
 from infrastructure.cli.queries.deadletters import (
     Redriven,
     Shown,
     letter_document,
     summary_json,
 )
+from infrastructure.cli.queries.pending import Held
 from infrastructure.kafka.dlq_admin import Letter, Outcome
 from infrastructure.postgres.redrives import Redrive
 
@@ -100,3 +103,21 @@ def test_redrive_rows_and_footer() -> None:
     ]
     dry = Redriven(dry_run=True, outcomes=[Outcome(letter(7), "would_send", None, "inbound")])
     assert tables.redrive_footer(dry).startswith("would send 1 of 1;")
+
+
+def test_held_content_is_one_row_with_its_age_and_expiry() -> None:
+    first = datetime(2026, 1, 1, 11, 0, tzinfo=UTC)
+    held = Held("b-1", "t-1", "f-1", "essay 1.txt", "c-1", first, first, first + timedelta(hours=1))
+    now = first + timedelta(minutes=90, seconds=4.9)
+    cells = pending_row(held, now)
+    assert len(cells) == len(PENDING_COLUMNS)
+    assert cells == [
+        "b-1",
+        "t-1",
+        "f-1 'essay 1.txt'",
+        "2026-01-01 11:00:00+00:00",
+        "1:30:04",
+        "2026-01-01 12:00:00+00:00 [red](overdue)[/red]",
+    ]
+    assert isinstance(cells[-1], Markup)
+    assert pending_row(held, first)[-1] == "2026-01-01 12:00:00+00:00"
