@@ -5,9 +5,12 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from infrastructure.cli import deadletter_tables as tables
+from infrastructure.cli.batches import COLUMNS as BATCH_COLUMNS
+from infrastructure.cli.batches import batch_row
 from infrastructure.cli.output import Markup
 from infrastructure.cli.pending import COLUMNS as PENDING_COLUMNS
 from infrastructure.cli.pending import pending_row
+from infrastructure.cli.queries.batches import entry
 from infrastructure.cli.queries.deadletters import (
     Redriven,
     Shown,
@@ -121,3 +124,23 @@ def test_held_content_is_one_row_with_its_age_and_expiry() -> None:
     ]
     assert isinstance(cells[-1], Markup)
     assert pending_row(held, first)[-1] == "2026-01-01 12:00:00+00:00"
+
+
+def test_an_indexed_batch_is_listed_by_when_it_is_due() -> None:
+    now = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+    open_one = entry("b-1", now + timedelta(minutes=5), None, 600, now)
+    waiting = entry("b-2", None, now - timedelta(minutes=20), 600, now)
+    assert list(open_one) == ["batch_id", "status", "due_at", "seconds_left", "overdue"]
+    assert (open_one["status"], open_one["seconds_left"], open_one["overdue"]) == (
+        "open",
+        300.0,
+        False,
+    )
+    assert (waiting["status"], waiting["due_at"]) == (
+        "awaiting_registration",
+        "2026-01-01T11:50:00+00:00",
+    )
+    assert batch_row(open_one) == ["b-1", "open", "2026-01-01T12:05:00+00:00", "0:05:00"]
+    overdue = batch_row(waiting)
+    assert len(overdue) == len(BATCH_COLUMNS)
+    assert overdue[-1] == "[red]overdue by 0:10:00[/red]" and isinstance(overdue[-1], Markup)
