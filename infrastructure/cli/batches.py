@@ -1,18 +1,19 @@
-"""batchctl batches: the batches still to close, soonest due first, from the due-batch index."""
+"""batchctl batches: the batches still to close, soonest due first, from the due-batch index.
+
+The query is in ``infrastructure/cli/queries/batches.py``.
+"""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
-from rich.text import Text
 
-from infrastructure.cli.common import JSON_HELP, container, err, out, print_json, settings
+from infrastructure.cli.common import settings
 from infrastructure.cli.durations import parse_duration
-
-JsonOpt = Annotated[bool, typer.Option("--json", help=JSON_HELP)]
+from infrastructure.cli.output import Column, JsonOpt, Markup, note, render
+from infrastructure.cli.queries.batches import due_batches
 
 
 def batches(
@@ -42,66 +43,28 @@ def batches(
         batchctl batches --json | jq -r '.batches[] | select(.overdue) | .batch_id'
     """
     window = parse_duration(due_within, "--due-within") if due_within is not None else None
-    s = settings()
-    ttl = s.pending_ttl_seconds
-    with container(s) as built:
-        service, index = built.service, built.due_index
-        now = service.clock()
-        rows = index.listing(
-            ttl, until=now + window if window is not None else None, open_only=open_only
+    due = due_batches(settings(), window, open_only)
+    if due.behind:
+        note(
+            f"the due-batch index is at position {due.index_position}, the store at "
+            f"{due.store_position}: is a worker running? (its follower keeps the index)"
         )
-        position, head = index.position(), service.recorder.max_notification_id() or 0
-    found = [_entry(batch_id, deadline, pending, ttl, now) for batch_id, deadline, pending in rows]
-    if position < head:
-        err().print(
-            f"note: the due-batch index is at position {position}, the store at {head}: "
-            "is a worker running? (its follower keeps the index)",
-            markup=False,
-        )
-    if json_output:
-        print_json(
-            {
-                "now": now.isoformat(),
-                "index_position": position,
-                "store_position": head,
-                "count": len(found),
-                "batches": found,
-            }
-        )
-        return
-    console = out()
-    if not found:
-        console.print("No batches match.")
-        return
-    table = Table(title="batches to close (soonest due first)", title_justify="left")
-    for name in ("batch", "status", "due at", "time left"):
-        table.add_column(name)
-    for entry in found:
-        left = entry["seconds_left"]
-        shown = str(timedelta(seconds=int(abs(left))))
-        table.add_row(
-            Text(entry["batch_id"]),
-            entry["status"],
-            entry["due_at"],
-            f"[red]overdue by {shown}[/red]" if entry["overdue"] else shown,
-        )
-    console.print(table)
-    console.print(f"{len(found)} batches.")
+    render(
+        [batch_row(entry) for entry in due.batches],
+        COLUMNS,
+        json_output=json_output,
+        document=due.as_json(),
+        title="batches to close (soonest due first)",
+        empty="No batches match.",
+        footer=f"{len(due.batches)} batches.",
+    )
 
 
-def _entry(
-    batch_id: str, deadline: datetime | None, pending: datetime | None, ttl: int, now: datetime
-) -> dict[str, Any]:
-    if deadline is not None:
-        status, due = "open", deadline
-    else:
-        assert pending is not None
-        status, due = "awaiting_registration", pending + timedelta(seconds=ttl)
-    left = (due - now).total_seconds()
-    return {
-        "batch_id": batch_id,
-        "status": status,
-        "due_at": due.isoformat(),
-        "seconds_left": round(left, 3),
-        "overdue": left <= 0,
-    }
+COLUMNS = (Column("batch"), Column("status"), Column("due at"), Column("time left"))
+
+
+def batch_row(entry: dict[str, Any]) -> list[str]:
+    """One listed batch as the table's cells: the time left, or how long overdue."""
+    shown = str(timedelta(seconds=int(abs(entry["seconds_left"]))))
+    left = Markup(f"[red]overdue by {shown}[/red]") if entry["overdue"] else shown
+    return [entry["batch_id"], entry["status"], entry["due_at"], left]

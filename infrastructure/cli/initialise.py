@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-import typer
-
 from infrastructure.bootstrap import Bootstrap
-from infrastructure.cli.common import JSON_HELP, out, print_json, settings
+from infrastructure.cli.common import settings
+from infrastructure.cli.output import JsonOpt, emit
 from infrastructure.postgres.store import conninfo
-
-JsonOpt = Annotated[bool, typer.Option("--json", help=JSON_HELP)]
 
 
 def init(json_output: JsonOpt = False) -> None:
@@ -32,11 +27,9 @@ def init(json_output: JsonOpt = False) -> None:
     with Bootstrap(s, create=True) as built:
         tables = built.create_store()
     database = conninfo(s)["dbname"]
-    if json_output:
-        print_json({"database": database, "schema": s.database_schema, "tables": tables})
-        return
-    out().print(
+    emit(
+        {"database": database, "schema": s.database_schema, "tables": tables},
+        json_output,
         f"The store is initialised: database {database}, schema {s.database_schema}, "
         f"tables {', '.join(tables)}.",
-        markup=False,
     )

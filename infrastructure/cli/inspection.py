@@ -1,26 +1,26 @@
-"""batchctl status / audit: one batch, as the event store and the read model see it."""
+"""batchctl status / audit: one batch, as the event store and the read model see it.
+
+The queries are in ``infrastructure/cli/queries/inspection.py``; this module
+parses options and renders.
+"""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
-from rich.text import Text
 
-from domain import Batch
-from infrastructure.cli.common import JSON_HELP, batch_service, fail, out, print_json, settings
-from infrastructure.cli.events import EventView, fold
-from infrastructure.cli.views import BothSides
-from infrastructure.postgres.parking import PARKED_TABLE
-from infrastructure.postgres.reader import EventStoreReader
-from infrastructure.processes.outbox import TRACKING_TABLE as OUTBOX_TRACKING_TABLE
+from infrastructure.cli.common import settings
+from infrastructure.cli.events import EventView
+from infrastructure.cli.output import Column, JsonOpt, Markup, Part, emit, table
+from infrastructure.cli.queries.inspection import batch_history, batch_status
+from infrastructure.cli.queries.sides import BothSides, ordered
+from projections.slot_view import SUMMARY_FIELDS, ReadModel
 
 BatchIdArg = Annotated[
     str, typer.Argument(metavar="BATCH_ID", help="The upstream batch id.", show_default=False)
 ]
-JsonOpt = Annotated[bool, typer.Option("--json", help=JSON_HELP)]
 
 
 def status(batch_id: BatchIdArg, json_output: JsonOpt = False) -> None:
@@ -37,42 +37,14 @@ def status(batch_id: BatchIdArg, json_output: JsonOpt = False) -> None:
 
         batchctl status batch-42 --json | jq .agrees
     """
-    s = settings()
-    with batch_service(s) as service, EventStoreReader(service, s) as reader:
-        batch = service.get_batch(batch_id)
-        now = service.clock()
-        last = reader.last_position(Batch.create_id(batch_id))
-        published = reader.tracked_position(OUTBOX_TRACKING_TABLE, service.name)
-        parked = reader.parked_count(PARKED_TABLE, batch_id)
-    sides = BothSides.of(s, batch_id, batch)
-    if batch is None and sides.read_model is None:
-        why = f"no events in DATABASE_SCHEMA={s.database_schema} and no read model in Redis"
-        _unknown(batch_id, why)
-    timing = _timing(batch, now)
-    outbox = {
-        "last_event_position": last,
-        "outbox_position": published,
-        "published": None if published is None or last is None else published >= last,
-        "parked": parked,
-    }
-    if json_output:
-        print_json({**sides.as_json(), **timing, "outbox": outbox})
-        return
-    console = out()
-    sides.render(console)
-    console.print(_timing_line(timing), markup=False)
-    console.print(_outbox_line(outbox), markup=False)
-
-
-def _timing(batch: Batch | None, now: datetime) -> dict[str, Any]:
-    deadline = batch.deadline if batch is not None else None
-    left = None
-    if deadline is not None and batch is not None and batch.status == "open":
-        left = round((deadline - now).total_seconds(), 3)
-    return {
-        "deadline": deadline.isoformat() if deadline is not None else None,
-        "seconds_left": left,
-    }
+    found = batch_status(settings(), batch_id)
+    emit(
+        found.as_json(),
+        json_output,
+        *both_sides(found.sides),
+        _timing_line(found.timing),
+        _outbox_line(found.outbox),
+    )
 
 
 def _timing_line(timing: dict[str, Any]) -> str:
@@ -116,40 +88,75 @@ def audit(batch_id: BatchIdArg, json_output: JsonOpt = False) -> None:
 
         batchctl audit batch-42 --json | jq '.events[] | .event_type'
     """
-    s = settings()
-    with batch_service(s) as service, EventStoreReader(service, s) as reader:
-        pages = reader.pages(originator_id=Batch.create_id(batch_id))
-        events = [EventView.decode(service.mapper, n) for page in pages for n in page]
-    if not events:
-        _unknown(batch_id, f"no events in DATABASE_SCHEMA={s.database_schema}")
-    sides = BothSides.of(s, batch_id, fold(e.event for e in events))
-    if json_output:
-        print_json({**sides.as_json(), "events": [e.as_json() for e in events]})
-        return
-    console = out()
-    console.print(_history(batch_id, events))
-    sides.render(console)
+    found = batch_history(settings(), batch_id)
+    emit(found.as_json(), json_output, history(batch_id, found.events), *both_sides(found.sides))
 
 
-def _history(batch_id: str, events: list[EventView]) -> Table:
-    table = Table(title=f"history of batch {batch_id}", title_justify="left")
-    table.add_column("pos", justify="right")
-    table.add_column("ver", justify="right")
-    table.add_column("time", no_wrap=True)
-    table.add_column("event", no_wrap=True)
-    table.add_column("key facts")
-    table.add_column("correlation id", overflow="fold")
-    for e in events:
-        table.add_row(
+HISTORY_COLUMNS = (
+    Column("pos", justify="right"),
+    Column("ver", justify="right"),
+    Column("time", no_wrap=True),
+    Column("event", no_wrap=True),
+    Column("key facts"),
+    Column("correlation id", overflow="fold"),
+)
+
+
+def history(batch_id: str, events: list[EventView]) -> Part:
+    rows = [
+        [
             str(e.position),
             str(e.version),
             e.timestamp.isoformat(sep=" ", timespec="milliseconds"),
             e.event_type,
-            Text(e.facts()),
-            Text(e.correlation_id),
-        )
-    return table
+            e.facts(),
+            e.correlation_id,
+        ]
+        for e in events
+    ]
+    return table(rows, HISTORY_COLUMNS, title=f"history of batch {batch_id}")
 
 
-def _unknown(batch_id: str, why: str) -> None:
-    fail(f"unknown batch {batch_id!r}: {why}; check the batch id and DATABASE_SCHEMA")
+SIDES_COLUMNS = (
+    Column("field", markup=True),
+    Column("event store", justify="right"),
+    Column("read model", justify="right"),
+    Column("", justify="center", markup=True),
+)
+
+
+def both_sides(sides: BothSides) -> list[Part]:
+    """The two sides field by field, then whether they agree and each difference."""
+    grid = table(sides_rows(sides), SIDES_COLUMNS, title=f"batch {sides.batch_id}")
+    if sides.agrees:
+        return [grid, Markup("[green]The read model agrees with the event store.[/green]")]
+    return [
+        grid,
+        Markup(
+            f"[red]The read model differs from the event store "
+            f"({len(sides.differences)} differences):[/red]"
+        ),
+        *(f"  {diff.describe()}" for diff in sides.differences),
+    ]
+
+
+def sides_rows(sides: BothSides) -> list[list[str]]:
+    store = sides.event_store.summary if sides.event_store else {}
+    view = sides.read_model.summary if sides.read_model else {}
+    rows = []
+    for field in ordered({**store, **view}) or list(SUMMARY_FIELDS):
+        mine, theirs = store.get(field, "—"), view.get(field, "—")
+        rows.append([field, mine, theirs, _mark(mine == theirs)])
+    for name in ("available_slots", "assignments"):
+        mine_n, theirs_n = _count(sides.event_store, name), _count(sides.read_model, name)
+        same = not any(d.key.startswith(name) for d in sides.differences)
+        rows.append([name, mine_n, theirs_n, _mark(same and mine_n == theirs_n)])
+    return rows
+
+
+def _mark(same: bool) -> str:
+    return "[green]✓[/green]" if same else "[red]✗[/red]"
+
+
+def _count(model: ReadModel | None, name: str) -> str:
+    return "—" if model is None else str(len(getattr(model, name)))

@@ -13,26 +13,21 @@ from eventsourcing.domain import OriginatorIDError, OriginatorVersionError
 
 from domain import Batch
 from infrastructure.cli.common import (
-    JSON_HELP,
     container,
-    err,
     fail,
     out,
-    print_json,
     progress_bar,
     progress_wanted,
     settings,
 )
 from infrastructure.cli.compare import Difference, compare
 from infrastructure.cli.events import fold
+from infrastructure.cli.output import JsonOpt, Markup, emit, note
 from infrastructure.postgres.reader import EventStoreReader
 from infrastructure.processes.projector import rebuild as rebuild_read_model
 from infrastructure.redis.view import RedisSlotView
 from infrastructure.settings import Settings
 from projections.slot_view import read_model_of
-
-JsonOpt = Annotated[bool, typer.Option("--json", help=JSON_HELP)]
-
 
 ForceOpt = Annotated[
     bool,
@@ -75,12 +70,11 @@ def rebuild(json_output: JsonOpt = False, force: ForceOpt = False) -> None:
         "batches": summary.batches,
         "seconds": round(summary.seconds, 3),
     }
-    if json_output:
-        print_json(result)
-        return
-    out().print(
+    emit(
+        result,
+        json_output,
         f"Rebuilt the read model from the event store: {summary.events} events, "
-        f"{summary.batches} batches in {summary.seconds:.2f} s."
+        f"{summary.batches} batches in {summary.seconds:.2f} s.",
     )
 
 
@@ -133,16 +127,16 @@ def verify(json_output: JsonOpt = False) -> None:
         store_position, view_position = _scan(s, found, echo, progress)
     seconds = time.monotonic() - started
     behind = view_position is not None and view_position < store_position
-    if json_output:
-        print_json(_verify_json(found, store_position, view_position, seconds))
-    else:
-        _verify_summary(found, seconds)
-        if behind:
-            err().print(
-                f"note: the read model is at position {view_position}, the store at "
-                f"{store_position}; differences may be projector lag",
-                markup=False,
-            )
+    emit(
+        _verify_json(found, store_position, view_position, seconds),
+        json_output,
+        _verify_summary(found, seconds),
+    )
+    if behind and not json_output:
+        note(
+            f"the read model is at position {view_position}, the store at "
+            f"{store_position}; differences may be projector lag"
+        )
     if found.count:
         raise typer.Exit(1)
 
@@ -222,12 +216,11 @@ def _verify_json(
     }
 
 
-def _verify_summary(found: Findings, seconds: float) -> None:
+def _verify_summary(found: Findings, seconds: float) -> Markup:
     checked = f"{found.batches} batches ({found.events} events) in {seconds:.2f} s"
     if not found.count:
-        out().print(f"[green]The read model agrees with the event store:[/green] {checked}.")
-        return
-    out().print(
+        return Markup(f"[green]The read model agrees with the event store:[/green] {checked}.")
+    return Markup(
         f"[red]{found.count} differences in {found.batches_differing} batches[/red] "
         f"({found.read_model_only} only in the read model); checked {checked}."
     )

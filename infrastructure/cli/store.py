@@ -8,8 +8,6 @@ from typing import Annotated
 import typer
 from rich import box
 from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
 from domain import Batch
 from infrastructure.cli.common import (
@@ -19,6 +17,7 @@ from infrastructure.cli.common import (
     settings,
 )
 from infrastructure.cli.events import EventView, event_classes, event_topic
+from infrastructure.cli.output import Column, Part, table
 from infrastructure.postgres.reader import EventStoreReader
 
 
@@ -90,27 +89,32 @@ def replay(
         _nothing(console)
 
 
-def _page_table(views: list[EventView], header: bool) -> Table:
-    """One page as table rows; fixed widths so consecutive pages line up."""
-    table = Table(box=box.SIMPLE_HEAD, show_header=header, show_edge=False)
-    table.add_column("pos", justify="right", width=8, no_wrap=True)
-    table.add_column("batch", width=20, overflow="fold")
-    table.add_column("ver", justify="right", width=5, no_wrap=True)
-    table.add_column("time", width=29, no_wrap=True)
-    table.add_column("event", width=25, no_wrap=True)
-    table.add_column("key facts", width=50, overflow="fold")
-    table.add_column("correlation id", width=36, overflow="fold")
-    for v in views:
-        table.add_row(
+PAGE_COLUMNS = (  # fixed widths so consecutive pages line up
+    Column("pos", justify="right", width=8, no_wrap=True),
+    Column("batch", width=20, overflow="fold"),
+    Column("ver", justify="right", width=5, no_wrap=True),
+    Column("time", width=29, no_wrap=True),
+    Column("event", width=25, no_wrap=True),
+    Column("key facts", width=50, overflow="fold"),
+    Column("correlation id", width=36, overflow="fold"),
+)
+
+
+def _page_table(views: list[EventView], header: bool) -> Part:
+    """One page as table rows."""
+    rows = [
+        [
             str(v.position),
-            Text(v.batch_id),
+            v.batch_id,
             str(v.version),
             v.timestamp.isoformat(sep=" ", timespec="milliseconds"),
             v.event_type,
-            Text(v.facts()),
-            Text(v.correlation_id),
-        )
-    return table
+            v.facts(),
+            v.correlation_id,
+        ]
+        for v in views
+    ]
+    return table(rows, PAGE_COLUMNS, box=box.SIMPLE_HEAD, show_header=header, show_edge=False)
 
 
 def _nothing(console: Console) -> None:
