@@ -175,9 +175,9 @@ class SharedLog:
         self._trim()
 
     def _trim(self) -> None:
+        if len(self._ids) <= self.capacity + self.capacity // 4:
+            return  # (trimmed a quarter at a time: not a list copy per page)
         excess = len(self._ids) - self.capacity
-        if excess <= 0:
-            return
         dropped, self._ids = self._ids[:excess], self._ids[excess:]
         for nid in dropped:
             del self._rows[nid]

@@ -11,6 +11,7 @@ a race rolls back and reads again (``infrastructure/postgres/due_index.py``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -27,6 +28,11 @@ from projections.due_index import due_change_of
 
 log = logging.getLogger("batchslot.due_index")
 
+# Nothing waits for the index by the millisecond (the sweep runs every few seconds, and
+# deadlines are minutes away), so a caught-up follower reads again after at most this
+# pause: under a light load one transaction per pause instead of one per append.
+PAUSE_SECONDS = 0.5
+
 
 class DueIndexFollower:
     """Keeps the due-batch index up to date with the store (a ``Follower``)."""
@@ -39,11 +45,13 @@ class DueIndexFollower:
         *,
         page_size: int = 500,
         idle_timeout: float = 5.0,
+        pause: float = PAUSE_SECONDS,
     ) -> None:
         self._app = app
         self.index = index
         self._listener = listener
-        self.page_size, self.idle_timeout = page_size, idle_timeout
+        self.page_size, self.idle_timeout, self.pause = page_size, idle_timeout, pause
+        self._stop = asyncio.Event()
         self.conflicts = 0  # pages another follower recorded first
         self.applied: int | None = None  # the last position applied
         # The position this follower last moved the index to (None: read it). A page
@@ -53,6 +61,7 @@ class DueIndexFollower:
 
     async def run(self, stop: asyncio.Event) -> None:
         self._after = None  # (a new lease: another instance may have led)
+        self._stop = stop
         await follow(
             self,
             shared_log(self._app),
@@ -81,7 +90,10 @@ class DueIndexFollower:
         self.applied = self._after = page[-1].id
 
     async def caught_up(self) -> None:
-        return None
+        """Caught up: let the next events gather for ``pause`` seconds (one page and one
+        transaction for all of them, not one per append)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), self.pause)
 
     async def failed(self, error: Exception) -> bool:
         self._after = None  # read the position again

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from infrastructure.settings import Settings
 from infrastructure.transient import StartupTimeout, is_transient, where
 
 BLOCKING_THREADS = 16
+GIL_SWITCH_SECONDS = 0.0005
 
 log = logging.getLogger("batchslot.runtime")
 T = TypeVar("T")
@@ -77,6 +79,7 @@ async def serve(settings: Settings, parts: Parts, stop: asyncio.Event | None = N
     # leases) runs in the default executor; its default size (cores + 4) queues them
     # on a small machine, and followers waiting for one shared read hold a thread each.
     loop.set_default_executor(ThreadPoolExecutor(BLOCKING_THREADS, thread_name_prefix="blocking"))
+    sys.setswitchinterval(GIL_SWITCH_SECONDS)
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
