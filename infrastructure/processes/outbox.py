@@ -47,7 +47,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -67,7 +66,6 @@ from opentelemetry.trace import Span, SpanKind
 
 from application.tracing import context_of, traceparent_of
 from infrastructure import metrics
-from infrastructure.bootstrap import Bootstrap
 from infrastructure.kafka.clients import KafkaClients, producer_kwargs
 from infrastructure.postgres import timeouts as pg_timeouts
 from infrastructure.postgres.completions import CompletionFacts
@@ -75,7 +73,7 @@ from infrastructure.postgres.listen import Listener
 from infrastructure.postgres.parking import PARKED_TABLE, ParkingLot
 from infrastructure.postgres.recorder import traceparent_of_notification
 from infrastructure.postgres.store import ddl_lock, require_store
-from infrastructure.processes.follower import acheck_fence, check_fence, follow, run_blocking
+from infrastructure.processes.follower import acheck_fence, check_fence, follow
 from infrastructure.settings import Settings
 from infrastructure.tracing import Tracing, ending
 from infrastructure.transient import described
@@ -603,13 +601,6 @@ class Outbox:
         )
         await self.close()
         return True
-
-
-def run_outbox(settings: Settings, stop: threading.Event, **options: Any) -> None:
-    """Blocking: run the outbox until ``stop`` is set (``batchctl outbox``)."""
-    with Bootstrap(settings) as container:
-        outbox = container.outbox(**options)
-        run_blocking(outbox.run, stop)
 
 
 def create_outbox_tables(app: Application[UUID]) -> None:

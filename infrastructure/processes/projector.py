@@ -47,7 +47,7 @@ from infrastructure.tracing import Tracing, ending
 from infrastructure.transient import described, is_transient
 from projections.slot_view import VersionGap
 
-__all__ = ["Projector", "RebuildSummary", "rebuild", "run_projector"]
+__all__ = ["Projector", "RebuildSummary", "rebuild"]
 log = logging.getLogger(__name__)
 
 
@@ -63,8 +63,8 @@ class StoreBehind(RuntimeError):
 class Projector:
     """Keeps the Redis slot view up to date (a ``Follower``).
 
-    ``serve(stop)`` runs it on the caller's event loop; ``start()`` in a thread
-    of its own, ``run(stop)`` in this thread (blocking).
+    ``serve(stop)`` runs it on the caller's event loop, ``run(stop)`` in this
+    thread (blocking).
     """
 
     def __init__(
@@ -88,7 +88,6 @@ class Projector:
         self.view = self._container.view
         self.page_size, self.watchdog_seconds = page_size, watchdog_seconds
         self.replays = 0  # times the position was lost and the log replayed from 0
-        self._stop, self._dead = threading.Event(), threading.Event()
         self._listener: Listener | None = None
         self._after: int | None = None  # the position this projector last wrote
         self._restart = True  # (re)read the position from Redis before the next page
@@ -97,34 +96,9 @@ class Projector:
         self._catching_up = True
         self._next_ahead_check = 0.0
         self._streak = 0  # replays from 0 in a row that did not finish catching up
-        self._thread: threading.Thread | None = None
-        self.error: BaseException | None = None
         self.applied: int | None = None  # the last position applied (for the stall watchdog)
 
     # ------------------------------------------------------------- running
-
-    def start(self) -> Projector:
-        self._thread = threading.Thread(target=self._main, name="slot-projector", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-        self.close()
-
-    def close(self) -> None:
-        self._container.close()
-
-    def _main(self) -> None:
-        try:
-            self.run(self._stop)
-        except BaseException as error:
-            self.error = error
-            log.exception("slot projector stopped by an error")
-        finally:
-            self._dead.set()
 
     def run(self, stop: threading.Event) -> None:
         """Project until ``stop`` is set (blocking)."""
@@ -150,15 +124,6 @@ class Projector:
         self.view.disconnect()
         if self._listener is not None:
             await self._listener.close()
-
-    def wait_for(self, position: int | None, timeout: float = 5.0) -> None:
-        """Block until ``position`` is in the view; re-raise the thread's error."""
-        try:
-            self.view.wait(self.view.application_name, position, timeout, interrupt=self._dead)
-        except Exception:
-            if self.error is not None:
-                raise self.error from None
-            raise
 
     # ------------------------------------------------------------ Follower
 
@@ -264,9 +229,3 @@ class Projector:
                     )
                 )
         return spans
-
-
-def run_projector(settings: Settings, stop: threading.Event) -> None:
-    """Run the projector in this thread until ``stop`` is set."""
-    with Bootstrap(settings) as container:
-        container.projector().run(stop)

@@ -26,11 +26,12 @@ from infrastructure.kafka.clients import make_consumer
 from infrastructure.kafka.local_broker import LocalBroker
 from infrastructure.postgres.listen import Listener
 from infrastructure.processes import outbox as outbox_module
-from infrastructure.processes.outbox import Outbox, run_outbox
+from infrastructure.processes.outbox import Outbox
 from infrastructure.settings import Settings
 from projections.envelope import envelope_of
 from tests.conftest import ManualClock, drop_schema, make_settings
 from tests.strategies import PENDING_TTL_SECONDS, TIMEOUT_SECONDS, Step, Tick, workloads
+from tests.support.followers import publish_until
 from tests.support.poll import eventually_async
 from tests.support.scratch import new_tag, topic_env
 
@@ -336,11 +337,11 @@ def test_broker_down_then_restarted(tmp_path: Any) -> None:
         own.stop()
 
 
-def test_run_outbox_blocking_helper(env: tuple[Settings, BatchService]) -> None:
+def test_outbox_run_blocks_until_stopped(env: tuple[Settings, BatchService]) -> None:
     s, service = env
     busy_workload(service, batches=1)
     stop = threading.Event()
-    thread = threading.Thread(target=run_outbox, args=(s, stop))
+    thread = threading.Thread(target=publish_until, args=(s, stop))
     thread.start()
     try:
         outbox = Outbox(s, service)  # only to read the shared tracking position
