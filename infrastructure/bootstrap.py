@@ -5,7 +5,9 @@ PostgreSQL pool), ``view`` (the Redis read model, one Redis client),
 ``due_index`` (the due-batch index beside the store) and ``kafka`` (the
 builders of aiokafka clients) are built on first use and kept; the
 long-running processes (``projector()``, ``outbox()``, ``worker()``,
-``due_follower()``) are built from them, and ``leadership(followers)`` runs
+``due_follower()``) are built from them, each handed its collaborators (none
+builds a container or imports this module: the wiring goes one way, see
+``tests/unit/test_layering.py``), and ``leadership(followers)`` runs
 them under leases (one instance per follower per store). ``close()`` closes
 what it built, in reverse order, and nothing it was given. ``batch_service()`` builds a further,
 separate service (tests use several "instances" at once). ``tracing`` (the
@@ -205,7 +207,12 @@ class Bootstrap:
         from infrastructure.processes.projector import Projector
 
         return Projector(
-            self.settings, service=self.service, view=self.view, tracing=self.tracing, **options
+            self.settings,
+            service=self.service,
+            view=self.view,
+            listener=self.listener,
+            tracing=self.tracing,
+            **options,
         )
 
     def outbox(self, **options: Any) -> Outbox:

@@ -26,7 +26,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from eventsourcing.persistence import Notification, Tracking
 from opentelemetry.trace import Span
@@ -34,7 +34,6 @@ from opentelemetry.trace import Span
 from application.service import BatchService
 from application.tracing import context_of
 from infrastructure import metrics
-from infrastructure.bootstrap import Bootstrap
 from infrastructure.postgres import timeouts as pg_timeouts
 from infrastructure.postgres.listen import Listener
 from infrastructure.postgres.recorder import traceparent_of_notification
@@ -63,6 +62,9 @@ class StoreBehind(RuntimeError):
 class Projector:
     """Keeps the Redis slot view up to date (a ``Follower``).
 
+    Built by ``Bootstrap.projector()``, which hands it its collaborators: the
+    service (the store), the view, and ``listener`` (a new LISTEN connection
+    on the events table's channel, one per ``serve``); it closes none of them.
     ``serve(stop)`` runs it on the caller's event loop, ``run(stop)`` in this
     thread (blocking).
     """
@@ -71,8 +73,9 @@ class Projector:
         self,
         settings: Settings,
         *,
-        service: BatchService | None = None,
-        view: RedisSlotView | None = None,
+        service: BatchService,
+        view: RedisSlotView,
+        listener: Callable[[], Listener],
         page_size: int = 500,
         watchdog_seconds: float = 0.5,
         ahead_check_seconds: float = 5.0,
@@ -81,11 +84,11 @@ class Projector:
         self.settings = settings
         self.ahead_check_seconds = ahead_check_seconds
         self.rebuilds = 0  # times the read model was ahead of the store and rebuilt
-        # Given objects are the caller's; missing ones come from (and go with) a container.
-        self._container = Bootstrap(settings, service=service, view=view, tracing=tracing)
-        self.tracer = self._container.tracing.tracer
-        self.service = self._container.service
-        self.view = self._container.view
+        # Its collaborators are the caller's (infrastructure/bootstrap.py): it closes none.
+        self.tracer = (tracing or Tracing.off()).tracer
+        self.service = service
+        self.view = view
+        self._new_listener = listener  # a new LISTEN connection each serve (closed by follow)
         self.page_size, self.watchdog_seconds = page_size, watchdog_seconds
         self.replays = 0  # times the position was lost and the log replayed from 0
         self._listener: Listener | None = None
@@ -106,7 +109,7 @@ class Projector:
 
     async def serve(self, stop: asyncio.Event) -> None:
         """Project until ``stop`` is set."""
-        listener = self._listener = self._container.listener()
+        listener = self._listener = self._new_listener()
         self._restart = True
         await follow(
             self,

@@ -10,7 +10,6 @@ import pytest
 from application.commands import RegisterBatch
 from application.service import BatchService
 from infrastructure.bootstrap import Bootstrap
-from infrastructure.processes.projector import rebuild
 from infrastructure.redis.client import connect, node_clients
 from infrastructure.redis.view import RedisSlotView
 from infrastructure.settings import Settings
@@ -25,7 +24,7 @@ from tests.integration.slot_support import (
     keys_like,
     view_models,
 )
-from tests.support.followers import ProjectorThread, project_until
+from tests.support.followers import ProjectorThread, project_until, rebuilt
 from tests.support.poll import eventually
 
 
@@ -165,7 +164,7 @@ def test_rebuild_equals_live_and_repairs_tampering(
     view.client.hset(view.batch_keys("ghost")[0], mapping={"status": "open", "version": "3"})
     view.client.delete(view._tracking())
     calls: list[tuple[int, int]] = []
-    summary = rebuild(test_settings, lambda done, total: calls.append((done, total)), page_size=97)
+    summary = rebuilt(test_settings, lambda done, total: calls.append((done, total)), page_size=97)
     assert everything(view) == live
     assert (summary.events, summary.batches) == (head(clocked), len(stored))
     assert calls[-1] == (head(clocked), head(clocked)) and len(calls) > 1
@@ -210,7 +209,7 @@ def test_readers_never_see_a_missing_partial_or_older_batch_during_rebuild(
     for t in threads:
         t.start()
     try:
-        rebuilds = [rebuild(test_settings, page_size=20) for _ in range(2)]
+        rebuilds = [rebuilt(test_settings, page_size=20) for _ in range(2)]
     finally:
         threads[-1].join()
         done.set()

@@ -18,12 +18,11 @@ from application.commands import RegisterBatch
 from application.service import BatchService
 from infrastructure.bootstrap import Bootstrap
 from infrastructure.postgres.store import conninfo
-from infrastructure.processes.projector import rebuild
 from infrastructure.redis.view import RedisSlotView
 from infrastructure.settings import Settings
 from tests.conftest import ManualClock
 from tests.integration.slot_support import busy_workload, expected_models, head, view_models
-from tests.support.followers import ProjectorThread
+from tests.support.followers import ProjectorThread, rebuilt
 from tests.support.poll import eventually
 
 
@@ -89,7 +88,7 @@ def test_rebuild_after_a_restore_equals_the_store(
     restore_to(test_settings, middle)
     assert not agrees(test_settings, view)
 
-    rebuild(test_settings)
+    rebuilt(test_settings)
 
     assert view.read_batch("later") is None  # the store no longer has it
     assert view.position() == middle  # moved back

@@ -11,6 +11,8 @@ wants one in the background while it writes and reads:
   the error that ended the thread, if one did.
 - ``project_until(settings, stop)`` / ``publish_until(settings, stop)``: a
   container's projector or outbox run in this thread until ``stop`` is set.
+- ``rebuilt(settings, ...)``: a read-model rebuild with a container's service
+  and view.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 from application.service import BatchService
 from infrastructure.bootstrap import Bootstrap
 from infrastructure.processes.follower import run_blocking
+from infrastructure.redis.rebuild import Progress, RebuildSummary, rebuild
 from infrastructure.redis.view import RedisSlotView
 from infrastructure.settings import Settings
 
@@ -105,3 +108,13 @@ def publish_until(settings: Settings, stop: threading.Event, **options: Any) -> 
     """Run a container's outbox in this thread until ``stop`` is set."""
     with Bootstrap(settings) as container:
         run_blocking(container.outbox(**options).run, stop)
+
+
+def rebuilt(
+    settings: Settings, progress: Progress | None = None, *, page_size: int = 1000
+) -> RebuildSummary:
+    """Rebuild the read model of ``settings`` with a container's service and view."""
+    with Bootstrap(settings) as container:
+        return rebuild(
+            settings, progress, service=container.service, view=container.view, page_size=page_size
+        )
