@@ -15,10 +15,12 @@ tracer provider, ``infrastructure/tracing.py``) is built first, from the
 settings, and shut down last (its buffered spans flushed); off unless
 configured.
 
-Creation is explicit: ``create`` (default ``DATABASE_AUTO_CREATE``) lets the
-container create the database, schema and tables it uses, under the DDL lock,
-as the long-running processes do on start; without it (every other batchctl
-command) it creates nothing and a missing one is ``StoreMissing``.
+Creation is explicit, and the container's (the processes create nothing):
+``create`` (default ``DATABASE_AUTO_CREATE``) lets it create the database,
+schema and tables of what it builds, under the DDL lock, as the long-running
+processes need on start (the service's with the service, the due index's with
+the index, the outbox's before it builds the outbox); without it (every other
+batchctl command) it creates nothing and a missing one is ``StoreMissing``.
 ``create_store()`` (``batchctl init``) creates everything the store needs.
 """
 
@@ -144,13 +146,11 @@ class Bootstrap:
         """Create (idempotently, under the DDL lock) the database, the schema and every
         table the service and its processes use; return the tables now there."""
         from infrastructure.postgres.redrives import RedriveLog
-        from infrastructure.processes.outbox import create_outbox_tables
 
         self.create = True
-        service = self.service  # the database, schema, events and snapshots
+        self.service  # noqa: B018 - the database, schema, events and snapshots
         self.due_index  # noqa: B018 - its tables and position row
-        with ddl_lock(self.settings):
-            create_outbox_tables(service)
+        self._outbox_tables()
         with RedriveLog(self.settings) as redrives:
             redrives.create()
         return store_tables(self.settings)
@@ -197,6 +197,18 @@ class Bootstrap:
             self._due_index = index
         return self._due_index
 
+    def _outbox_tables(self) -> None:
+        """The outbox's position and parking tables: with ``create`` made if missing, under
+        the DDL lock (processes starting at once: one creates them); else checked."""
+        from infrastructure.processes.outbox import OUTBOX_TABLES, create_outbox_tables
+
+        service = self.service
+        if self.create:
+            with ddl_lock(self.settings):
+                create_outbox_tables(service)
+        else:
+            require_store(self.settings, OUTBOX_TABLES)
+
     def listener(self) -> Listener:
         """A new LISTEN connection on the events table's channel (its follower closes it)."""
         return Listener(self.settings, self.service.recorder.channel_name)  # type: ignore[attr-defined]
@@ -218,12 +230,9 @@ class Bootstrap:
     def outbox(self, **options: Any) -> Outbox:
         from infrastructure.processes.outbox import Outbox
 
+        self._outbox_tables()  # the store's set-up: the outbox itself creates nothing
         return Outbox(
-            self.settings,
-            self.service,
-            kafka=self.kafka,
-            tracing=self.tracing,
-            **{"create_tables": self.create, **options},
+            self.settings, self.service, kafka=self.kafka, tracing=self.tracing, **options
         )
 
     def worker(self, **options: Any) -> Worker:

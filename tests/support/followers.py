@@ -11,6 +11,9 @@ wants one in the background while it writes and reads:
   the error that ended the thread, if one did.
 - ``project_until(settings, stop)`` / ``publish_until(settings, stop)``: a
   container's projector or outbox run in this thread until ``stop`` is set.
+- ``outbox_of(settings, service, **options)``: an outbox on ``service``'s store,
+  its tables created first (under the DDL lock), as the container does for a
+  long-running process.
 - ``rebuilt(settings, ...)``: a read-model rebuild with a container's service
   and view.
 """
@@ -24,7 +27,9 @@ from typing import Any
 
 from application.service import BatchService
 from infrastructure.bootstrap import Bootstrap
+from infrastructure.postgres.store import ddl_lock
 from infrastructure.processes.follower import run_blocking
+from infrastructure.processes.outbox import Outbox, create_outbox_tables
 from infrastructure.redis.rebuild import Progress, RebuildSummary, rebuild
 from infrastructure.redis.view import RedisSlotView
 from infrastructure.settings import Settings
@@ -108,6 +113,13 @@ def publish_until(settings: Settings, stop: threading.Event, **options: Any) -> 
     """Run a container's outbox in this thread until ``stop`` is set."""
     with Bootstrap(settings) as container:
         run_blocking(container.outbox(**options).run, stop)
+
+
+def outbox_of(settings: Settings, service: BatchService, **options: Any) -> Outbox:
+    """An outbox (``options`` as ``Outbox``) on ``service``'s store, its tables there."""
+    with ddl_lock(settings):
+        create_outbox_tables(service)
+    return Outbox(settings, service, **options)
 
 
 def rebuilt(
