@@ -5,7 +5,9 @@ PostgreSQL pool), ``view`` (the Redis read model, one Redis client),
 ``due_index`` (the due-batch index beside the store) and ``kafka`` (the
 builders of aiokafka clients) are built on first use and kept; the
 long-running processes (``projector()``, ``outbox()``, ``worker()``,
-``due_follower()``) are built from them, and ``leadership(followers)`` runs
+``due_follower()``) are built from them, each handed its collaborators (none
+builds a container or imports this module: the wiring goes one way, see
+``tests/unit/test_layering.py``), and ``leadership(followers)`` runs
 them under leases (one instance per follower per store). ``close()`` closes
 what it built, in reverse order, and nothing it was given. ``batch_service()`` builds a further,
 separate service (tests use several "instances" at once). ``tracing`` (the
@@ -13,10 +15,12 @@ tracer provider, ``infrastructure/tracing.py``) is built first, from the
 settings, and shut down last (its buffered spans flushed); off unless
 configured.
 
-Creation is explicit: ``create`` (default ``DATABASE_AUTO_CREATE``) lets the
-container create the database, schema and tables it uses, under the DDL lock,
-as the long-running processes do on start; without it (every other batchctl
-command) it creates nothing and a missing one is ``StoreMissing``.
+Creation is explicit, and the container's (the processes create nothing):
+``create`` (default ``DATABASE_AUTO_CREATE``) lets it create the database,
+schema and tables of what it builds, under the DDL lock, as the long-running
+processes need on start (the service's with the service, the due index's with
+the index, the outbox's before it builds the outbox); without it (every other
+batchctl command) it creates nothing and a missing one is ``StoreMissing``.
 ``create_store()`` (``batchctl init``) creates everything the store needs.
 """
 
@@ -142,13 +146,11 @@ class Bootstrap:
         """Create (idempotently, under the DDL lock) the database, the schema and every
         table the service and its processes use; return the tables now there."""
         from infrastructure.postgres.redrives import RedriveLog
-        from infrastructure.processes.outbox import create_outbox_tables
 
         self.create = True
-        service = self.service  # the database, schema, events and snapshots
+        self.service  # noqa: B018 - the database, schema, events and snapshots
         self.due_index  # noqa: B018 - its tables and position row
-        with ddl_lock(self.settings):
-            create_outbox_tables(service)
+        self._outbox_tables()
         with RedriveLog(self.settings) as redrives:
             redrives.create()
         return store_tables(self.settings)
@@ -195,6 +197,18 @@ class Bootstrap:
             self._due_index = index
         return self._due_index
 
+    def _outbox_tables(self) -> None:
+        """The outbox's position and parking tables: with ``create`` made if missing, under
+        the DDL lock (processes starting at once: one creates them); else checked."""
+        from infrastructure.processes.outbox import OUTBOX_TABLES, create_outbox_tables
+
+        service = self.service
+        if self.create:
+            with ddl_lock(self.settings):
+                create_outbox_tables(service)
+        else:
+            require_store(self.settings, OUTBOX_TABLES)
+
     def listener(self) -> Listener:
         """A new LISTEN connection on the events table's channel (its follower closes it)."""
         return Listener(self.settings, self.service.recorder.channel_name)  # type: ignore[attr-defined]
@@ -205,18 +219,20 @@ class Bootstrap:
         from infrastructure.processes.projector import Projector
 
         return Projector(
-            self.settings, service=self.service, view=self.view, tracing=self.tracing, **options
+            self.settings,
+            service=self.service,
+            view=self.view,
+            listener=self.listener,
+            tracing=self.tracing,
+            **options,
         )
 
     def outbox(self, **options: Any) -> Outbox:
         from infrastructure.processes.outbox import Outbox
 
+        self._outbox_tables()  # the store's set-up: the outbox itself creates nothing
         return Outbox(
-            self.settings,
-            self.service,
-            kafka=self.kafka,
-            tracing=self.tracing,
-            **{"create_tables": self.create, **options},
+            self.settings, self.service, kafka=self.kafka, tracing=self.tracing, **options
         )
 
     def worker(self, **options: Any) -> Worker:

@@ -56,7 +56,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -77,7 +76,6 @@ from psycopg.sql import SQL, Identifier
 
 from application.tracing import context_of, traceparent_of
 from infrastructure import metrics
-from infrastructure.bootstrap import Bootstrap
 from infrastructure.kafka.clients import KafkaClients, producer_kwargs
 from infrastructure.postgres import timeouts as pg_timeouts
 from infrastructure.postgres.completions import CompletionFacts
@@ -85,14 +83,7 @@ from infrastructure.postgres.listen import Listener
 from infrastructure.postgres.parking import PARKED_TABLE, ParkingLot
 from infrastructure.postgres.recorder import traceparent_of_notification
 from infrastructure.postgres.shared_log import shared_log
-from infrastructure.postgres.store import ddl_lock, require_store
-from infrastructure.processes.follower import (
-    FENCE,
-    acheck_fence,
-    check_fence,
-    follow,
-    run_blocking,
-)
+from infrastructure.processes.follower import FENCE, acheck_fence, check_fence, follow
 from infrastructure.processes.recording import PositionWriter
 from infrastructure.settings import Settings
 from infrastructure.tracing import Tracing, ending
@@ -148,7 +139,11 @@ class PositionMoved(RuntimeError):
 
 
 class Outbox:
-    """Publishes the notification log of ``app`` to ``settings.topics.events``."""
+    """Publishes the notification log of ``app`` to ``settings.topics.events``.
+
+    Built by ``Bootstrap.outbox()`` on a store that has its tables (``OUTBOX_TABLES``,
+    made by ``create_outbox_tables`` in the store's set-up): it creates none.
+    """
 
     def __init__(
         self,
@@ -166,7 +161,6 @@ class Outbox:
         parked_retry_seconds: float = 30.0,
         kafka: KafkaClients | None = None,
         tracing: Tracing | None = None,
-        create_tables: bool = True,
     ) -> None:
         if not isinstance(app.recorder, PostgresApplicationRecorder):
             raise TypeError("the outbox needs the PostgreSQL event store")
@@ -183,11 +177,6 @@ class Outbox:
         self._tracking = PostgresTrackingRecorder(
             app.recorder.datastore, tracking_table_name=TRACKING_TABLE
         )
-        if create_tables:  # else the store was initialised (`batchctl init`): check it is
-            with ddl_lock(settings):  # processes starting at once: one creates the table
-                self._tracking.create_table()
-        else:
-            require_store(settings, (TRACKING_TABLE, PARKED_TABLE))
         self._producer_overrides = dict(producer_overrides or {})
         self._producer: Any = None
         self._partitioner = DefaultPartitioner()
@@ -201,8 +190,6 @@ class Outbox:
             {**producer_kwargs(settings), **self._producer_overrides}["max_request_size"]
         )
         self.parking = ParkingLot(app.recorder, app.name)
-        if create_tables:
-            self.parking.create_table()
         # WIRE_PROFILE=huleedu: HuleEdu's events too (projections/huleedu.py).
         self.huleedu = settings.huleedu_topics
         self._completion_facts = CompletionFacts(app.recorder)
@@ -718,16 +705,14 @@ class Outbox:
         return True
 
 
-def run_outbox(settings: Settings, stop: threading.Event, **options: Any) -> None:
-    """Blocking: run the outbox until ``stop`` is set (``batchctl outbox``)."""
-    with Bootstrap(settings) as container:
-        outbox = container.outbox(**options)
-        run_blocking(outbox.run, stop)
+# The outbox's tables in the event store's schema: its position and its parked events.
+OUTBOX_TABLES = (TRACKING_TABLE, PARKED_TABLE)
 
 
 def create_outbox_tables(app: Application[UUID]) -> None:
-    """Create the outbox's position and parking tables if missing (``batchctl init``;
-    the caller holds the DDL lock)."""
+    """Create the outbox's position and parking tables if missing (the store's set-up in
+    ``infrastructure/bootstrap.py``: ``batchctl init``, and a long-running process with
+    DATABASE_AUTO_CREATE; the caller holds the DDL lock)."""
     recorder: Any = app.recorder
     PostgresTrackingRecorder(recorder.datastore, tracking_table_name=TRACKING_TABLE).create_table()
     ParkingLot(recorder, app.name).create_table()

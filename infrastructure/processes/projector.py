@@ -26,7 +26,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from eventsourcing.persistence import Notification, Tracking
 from opentelemetry.trace import Span
@@ -34,7 +34,6 @@ from opentelemetry.trace import Span
 from application.service import BatchService
 from application.tracing import context_of
 from infrastructure import metrics
-from infrastructure.bootstrap import Bootstrap
 from infrastructure.postgres import timeouts as pg_timeouts
 from infrastructure.postgres.listen import Listener
 from infrastructure.postgres.recorder import traceparent_of_notification
@@ -48,7 +47,7 @@ from infrastructure.tracing import Tracing, ending
 from infrastructure.transient import described, is_transient
 from projections.slot_view import VersionGap
 
-__all__ = ["Projector", "RebuildSummary", "rebuild", "run_projector"]
+__all__ = ["Projector", "RebuildSummary", "rebuild"]
 log = logging.getLogger(__name__)
 
 
@@ -64,16 +63,20 @@ class StoreBehind(RuntimeError):
 class Projector:
     """Keeps the Redis slot view up to date (a ``Follower``).
 
-    ``serve(stop)`` runs it on the caller's event loop; ``start()`` in a thread
-    of its own, ``run(stop)`` in this thread (blocking).
+    Built by ``Bootstrap.projector()``, which hands it its collaborators: the
+    service (the store), the view, and ``listener`` (a new LISTEN connection
+    on the events table's channel, one per ``serve``); it closes none of them.
+    ``serve(stop)`` runs it on the caller's event loop, ``run(stop)`` in this
+    thread (blocking).
     """
 
     def __init__(
         self,
         settings: Settings,
         *,
-        service: BatchService | None = None,
-        view: RedisSlotView | None = None,
+        service: BatchService,
+        view: RedisSlotView,
+        listener: Callable[[], Listener],
         page_size: int = 500,
         watchdog_seconds: float = 0.5,
         ahead_check_seconds: float = 5.0,
@@ -82,14 +85,13 @@ class Projector:
         self.settings = settings
         self.ahead_check_seconds = ahead_check_seconds
         self.rebuilds = 0  # times the read model was ahead of the store and rebuilt
-        # Given objects are the caller's; missing ones come from (and go with) a container.
-        self._container = Bootstrap(settings, service=service, view=view, tracing=tracing)
-        self.tracer = self._container.tracing.tracer
-        self.service = self._container.service
-        self.view = self._container.view
+        # Its collaborators are the caller's (infrastructure/bootstrap.py): it closes none.
+        self.tracer = (tracing or Tracing.off()).tracer
+        self.service = service
+        self.view = view
+        self._new_listener = listener  # a new LISTEN connection each serve (closed by follow)
         self.page_size, self.watchdog_seconds = page_size, watchdog_seconds
         self.replays = 0  # times the position was lost and the log replayed from 0
-        self._stop, self._dead = threading.Event(), threading.Event()
         self._listener: Listener | None = None
         self._after: int | None = None  # the position this projector last wrote
         self._restart = True  # (re)read the position from Redis before the next page
@@ -98,34 +100,9 @@ class Projector:
         self._catching_up = True
         self._next_ahead_check = 0.0
         self._streak = 0  # replays from 0 in a row that did not finish catching up
-        self._thread: threading.Thread | None = None
-        self.error: BaseException | None = None
         self.applied: int | None = None  # the last position applied (for the stall watchdog)
 
     # ------------------------------------------------------------- running
-
-    def start(self) -> Projector:
-        self._thread = threading.Thread(target=self._main, name="slot-projector", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-        self.close()
-
-    def close(self) -> None:
-        self._container.close()
-
-    def _main(self) -> None:
-        try:
-            self.run(self._stop)
-        except BaseException as error:
-            self.error = error
-            log.exception("slot projector stopped by an error")
-        finally:
-            self._dead.set()
 
     def run(self, stop: threading.Event) -> None:
         """Project until ``stop`` is set (blocking)."""
@@ -133,7 +110,7 @@ class Projector:
 
     async def serve(self, stop: asyncio.Event) -> None:
         """Project until ``stop`` is set."""
-        listener = self._listener = self._container.listener()
+        listener = self._listener = self._new_listener()
         self._restart = True
         await follow(
             self,
@@ -151,15 +128,6 @@ class Projector:
         self.view.disconnect()
         if self._listener is not None:
             await self._listener.close()
-
-    def wait_for(self, position: int | None, timeout: float = 5.0) -> None:
-        """Block until ``position`` is in the view; re-raise the thread's error."""
-        try:
-            self.view.wait(self.view.application_name, position, timeout, interrupt=self._dead)
-        except Exception:
-            if self.error is not None:
-                raise self.error from None
-            raise
 
     # ------------------------------------------------------------ Follower
 
@@ -268,9 +236,3 @@ class Projector:
                     )
                 )
         return spans
-
-
-def run_projector(settings: Settings, stop: threading.Event) -> None:
-    """Run the projector in this thread until ``stop`` is set."""
-    with Bootstrap(settings) as container:
-        container.projector().run(stop)

@@ -13,6 +13,10 @@ longer has it (PostgreSQL restored from an older backup), the batch is
 replaced by the store's; live batches the store does not have are deleted;
 and a position ahead of the store's last event is SET back to the rebuilt
 position, so the read model equals the store again.
+
+The caller gives the store's service and the live view (``batchctl rebuild``
+those of its container, the projector its own when it finds the read model
+ahead of the store) and closes them.
 """
 
 from __future__ import annotations
@@ -27,7 +31,6 @@ from eventsourcing.persistence import Tracking
 
 from application.service import BatchService
 from domain.batch import Batch
-from infrastructure.bootstrap import Bootstrap
 from infrastructure.redis.view import RedisSlotView
 from infrastructure.settings import Settings
 
@@ -45,29 +48,29 @@ def rebuild(
     settings: Settings,
     progress: Progress | None = None,
     *,
-    service: BatchService | None = None,
-    view: RedisSlotView | None = None,
+    service: BatchService,
+    view: RedisSlotView,
     page_size: int = 1000,
 ) -> RebuildSummary:
+    """Rebuild ``view``, the live read model, from ``service``'s store (both the caller's)."""
     started = time.monotonic()
-    with Bootstrap(settings, service=service, view=view) as container:  # closes only its own
-        app, live = container.service, container.view
-        shadow = live.shadow(uuid.uuid4().hex)
-        try:
-            target = app.recorder.max_notification_id() or 0
-            events, batch_ids = _replay(app, shadow, target, page_size, progress)
-            ordered = sorted(batch_ids)
-            for i in range(0, len(ordered), 500):
-                chunk = ordered[i : i + 500]
-                live.swap_in(shadow, chunk, force=_lost_by_store(app, live, shadow, chunk))
-            _drop_strays(app, live, batch_ids)
-            position = live.position()
-            if position is not None and position > (app.recorder.max_notification_id() or 0):
-                live.set_position(target)  # ahead of the store: it was restored from a backup
-            elif target:
-                live.advance_position(target)
-        finally:
-            _delete_shadow(shadow)
+    app, live = service, view
+    shadow = live.shadow(uuid.uuid4().hex)
+    try:
+        target = app.recorder.max_notification_id() or 0
+        events, batch_ids = _replay(app, shadow, target, page_size, progress)
+        ordered = sorted(batch_ids)
+        for i in range(0, len(ordered), 500):
+            chunk = ordered[i : i + 500]
+            live.swap_in(shadow, chunk, force=_lost_by_store(app, live, shadow, chunk))
+        _drop_strays(app, live, batch_ids)
+        position = live.position()
+        if position is not None and position > (app.recorder.max_notification_id() or 0):
+            live.set_position(target)  # ahead of the store: it was restored from a backup
+        elif target:
+            live.advance_position(target)
+    finally:
+        _delete_shadow(shadow)
     return RebuildSummary(events, len(batch_ids), time.monotonic() - started)
 
 

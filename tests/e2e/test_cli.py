@@ -26,10 +26,10 @@ from application.service import BatchService
 from domain import Batch
 from infrastructure.bootstrap import Bootstrap
 from infrastructure.postgres.store import conninfo
-from infrastructure.processes.projector import rebuild
 from infrastructure.redis.client import connect
 from infrastructure.settings import Settings
 from tests.conftest import drop_redis_prefix, drop_schema, make_settings
+from tests.support.followers import rebuilt
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMANDS = ("init", "status", "audit", "replay", "export", "import", "rebuild", "verify")
@@ -128,7 +128,7 @@ B1_TYPES = [
 @pytest.fixture
 def seeded(test_settings: Settings, service: BatchService) -> Settings:
     seed(service)
-    rebuild(test_settings)  # the read model, as a projector would have written it
+    rebuilt(test_settings)  # the read model, as a projector would have written it
     return test_settings
 
 
@@ -373,7 +373,7 @@ def seeded_either(read_model_settings: Settings) -> Settings:
     """``seeded``, once on the single Redis and once on the Redis Cluster."""
     with Bootstrap(read_model_settings) as built:
         seed(built.service)
-    rebuild(read_model_settings)
+    rebuilt(read_model_settings)
     return read_model_settings
 
 

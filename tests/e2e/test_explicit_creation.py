@@ -21,12 +21,12 @@ from psycopg import sql
 
 from infrastructure.bootstrap import Bootstrap
 from infrastructure.postgres.store import conninfo
-from infrastructure.processes.projector import rebuild
 from infrastructure.redis.client import connect
 from infrastructure.redis.keys import tracking_key
 from infrastructure.settings import Settings
 from tests.conftest import TEST_DATABASE_URL, drop_redis_prefix, drop_schema, make_settings
 from tests.e2e.test_cli import ROOT, batchctl, env_of, one_line_error, seed
+from tests.support.followers import rebuilt
 from tests.support.scratch import new_tag
 
 READERS = [
@@ -67,7 +67,7 @@ def redis_snapshot(s: Settings) -> dict[str, bytes | None]:
 def seeded(test_settings: Settings) -> Settings:
     with Bootstrap(test_settings) as built:
         seed(built.service)
-    rebuild(test_settings)
+    rebuilt(test_settings)
     return test_settings
 
 

@@ -13,10 +13,10 @@ from psycopg import sql
 from application.commands import ProvisionContent, RegisterBatch
 from infrastructure.bootstrap import Bootstrap
 from infrastructure.postgres.store import connect
-from infrastructure.processes.projector import rebuild
 from infrastructure.settings import Settings
 from tests.e2e.test_cli import batchctl, one_line_error
 from tests.integration.test_due_index import follow_until
+from tests.support.followers import rebuilt
 
 
 def seed(s: Settings) -> None:
@@ -34,7 +34,7 @@ def seed(s: Settings) -> None:
         ))
         head = service.recorder.max_notification_id() or 0
         asyncio.run(follow_until([built.due_follower()], built.due_index, head))
-    rebuild(s)
+    rebuilt(s)
 
 
 def test_status_shows_the_deadline_time_left_and_publication(test_settings: Settings) -> None:

@@ -24,11 +24,11 @@ from application.commands import AnyCommand, ProvisionContent, RegisterBatch
 from infrastructure.bootstrap import Bootstrap
 from infrastructure.kafka.clients import ensure_topics, make_consumer
 from infrastructure.kafka.local_broker import LocalBroker
-from infrastructure.processes.outbox import Outbox
 from infrastructure.settings import Settings
 from projections.envelope import event_id_of
 from tests.conftest import drop_redis_prefix, drop_schema
 from tests.e2e.conftest import kafka_settings, service_env
+from tests.support.followers import outbox_of
 
 ROOT = Path(__file__).resolve().parents[2]
 REPUBLISHED_PER_RESTART = 250  # one page (Outbox.page_size): the figure docs/faults.md states
@@ -116,7 +116,7 @@ def test_kill_9_mid_stream_republishes_at_most_one_page(broker: LocalBroker) -> 
     total = backlog(s, batches=20, slots=1500)  # ~30,000 events waiting
     nid = notification_ids(s)
     service = Bootstrap(s).batch_service()
-    reader = Outbox(s, service)  # only to read the shared position
+    reader = outbox_of(s, service)  # only to read the shared position
     kills, rng = 6, random.Random(11)
     republished: list[int] = []
     try:

@@ -36,11 +36,11 @@ import pytest
 from infrastructure.bootstrap import Bootstrap
 from infrastructure.kafka.clients import ensure_topics
 from infrastructure.kafka.local_broker import LocalBroker, free_port
-from infrastructure.processes.outbox import Outbox
 from infrastructure.settings import Settings
 from tests.conftest import drop_redis_prefix, drop_schema
 from tests.e2e.conftest import drained, kafka_settings, produce, service_env
 from tests.e2e.test_outbox_restart import backlog, notification_ids, published_ids
+from tests.support.followers import outbox_of
 from tests.support.scenario import Message, content, registration
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -205,7 +205,7 @@ class Store:
 
     def __init__(self, settings: Settings) -> None:
         self.service = Bootstrap(settings).batch_service()
-        self.reader = Outbox(settings, self.service)
+        self.reader = outbox_of(settings, self.service)
 
     def head(self) -> int:
         return self.service.recorder.max_notification_id() or 0

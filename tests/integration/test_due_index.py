@@ -16,12 +16,12 @@ from application.service import BatchService
 from infrastructure.bootstrap import Bootstrap
 from infrastructure.postgres.due_index import DueIndex
 from infrastructure.processes.due_index import DueIndexFollower
-from infrastructure.processes.projector import Projector
 from infrastructure.processes.sweep import sweep_once
 from infrastructure.settings import Settings
 from projections.due_index import DueEntry, due_entry_of
 from tests.conftest import ManualClock, drop_redis_prefix
 from tests.integration.slot_support import busy_workload, head
+from tests.support.followers import ProjectorThread
 
 
 @pytest.fixture
@@ -85,9 +85,9 @@ def test_a_due_batch_is_found_after_redis_lost_everything(
             ),
         ]
     )
-    projector = Projector(test_settings, service=service, view=container.view).start()
-    projector.wait_for(head(service))
-    projector.stop()
+    running = ProjectorThread(test_settings, service=service, view=container.view).start()
+    running.wait_for(head(service))
+    running.stop()
     asyncio.run(follow_until([container.due_follower()], container.due_index, head(service)))
     drop_redis_prefix(test_settings)  # the cache is gone; no projector runs
     assert container.view.position() is None

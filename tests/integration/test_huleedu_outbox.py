@@ -27,6 +27,7 @@ from infrastructure.settings import Settings
 from tests.conftest import ManualClock, drop_schema, make_settings
 from tests.huleedu_wire import validate_outbound
 from tests.integration.test_outbox import running, stored, until
+from tests.support.followers import outbox_of
 from tests.support.scratch import new_tag, topic_env
 
 COMPLETED = "BatchContentProvisioningCompletedV1"
@@ -116,7 +117,7 @@ def test_huleedus_events_go_out_once_each_in_order_and_republish_identically(
 ) -> None:
     s, service = env
     workload(service, {"b1": 3, "b2": 2, "b3": 4})
-    publish_all(Outbox(s, service))
+    publish_all(outbox_of(s, service))
     hu = s.topics.huleedu
     first = by_topic(s, asyncio.run(read_all(s, hu.all)))
     assert Counter(e["data"]["batch_id"] for e in first[COMPLETED]) == {"b1": 1, "b2": 1, "b3": 1}
@@ -132,7 +133,7 @@ def test_huleedus_events_go_out_once_each_in_order_and_republish_identically(
     # exactly: same event_id, byte-identical data.
     with service.recorder.datastore.transaction(commit=True) as curs:
         curs.execute(f"DELETE FROM {s.database_schema}.outbox_tracking")
-    publish_all(Outbox(s, service))
+    publish_all(outbox_of(s, service))
     again = by_topic(s, asyncio.run(read_all(s, hu.all)))
     for name in (COMPLETED, SLOT, EXCESS):
         ids = Counter(e["event_id"] for e in again[name])
@@ -153,7 +154,7 @@ def test_a_refused_completion_is_parked_and_other_batches_flow(
     workload(service, {"big": 150}, extra=0)
     workload(service, {"small": 2})
     limit = 15_000
-    capped = Outbox(
+    capped = outbox_of(
         s,
         service,
         backoff=(0.02, 0.1),
@@ -175,7 +176,7 @@ def test_a_refused_completion_is_parked_and_other_batches_flow(
     }
     assert len({e["event_id"] for e in out[SLOT] if e["data"]["batch_id"] == "big"}) == 150
 
-    raised = Outbox(s, service)  # the limit raised: the parked event goes out, every record
+    raised = outbox_of(s, service)  # the limit raised: the parked event goes out, every record
 
     async def retry() -> None:
         assert await raised.retry_parked() == 1

@@ -26,11 +26,12 @@ from infrastructure.kafka.clients import make_consumer
 from infrastructure.kafka.local_broker import LocalBroker
 from infrastructure.postgres.listen import Listener
 from infrastructure.processes import outbox as outbox_module
-from infrastructure.processes.outbox import Outbox, run_outbox
+from infrastructure.processes.outbox import Outbox
 from infrastructure.settings import Settings
 from projections.envelope import envelope_of
 from tests.conftest import ManualClock, drop_schema, make_settings
 from tests.strategies import PENDING_TTL_SECONDS, TIMEOUT_SECONDS, Step, Tick, workloads
+from tests.support.followers import outbox_of, publish_until
 from tests.support.poll import eventually_async
 from tests.support.scratch import new_tag, topic_env
 
@@ -144,7 +145,7 @@ def test_random_workload_is_published_exactly_in_stream_order(
     service = Bootstrap(s).batch_service(clock=ManualClock())
     try:
         apply(service, steps)
-        outbox = Outbox(s, service, page_size=7)  # several pages per workload
+        outbox = outbox_of(s, service, page_size=7)  # several pages per workload
 
         async def scenario() -> None:
             while await outbox.publish_once():
@@ -197,7 +198,7 @@ def test_crash_between_publish_and_tracking_republishes_only_that_page(
     assert total > 10
 
     async def scenario() -> list[Any]:
-        first = Outbox(s, service, page_size=4)
+        first = outbox_of(s, service, page_size=4)
         assert await first.publish_once() == 4
         await first.close()
         crashing = CrashingOutbox(s, service, page_size=4)
@@ -205,7 +206,7 @@ def test_crash_between_publish_and_tracking_republishes_only_that_page(
             await crashing.publish_once()
         await crashing.close()
         assert crashing.position() == 4  # the acknowledged page was never tracked
-        restarted = Outbox(s, service, page_size=4)
+        restarted = outbox_of(s, service, page_size=4)
         while await restarted.publish_once():
             pass
         await restarted.close()
@@ -243,7 +244,7 @@ def test_run_wakes_on_notify_and_catches_up(
 ) -> None:
     s, service = env
     busy_workload(service, batches=1)
-    outbox = Outbox(s, service, idle_timeout=60.0)  # only a NOTIFY can wake it in time
+    outbox = outbox_of(s, service, idle_timeout=60.0)  # only a NOTIFY can wake it in time
     monkeypatch.setattr(outbox_module, "Listener", _IdleSignal)
 
     async def body() -> None:
@@ -262,7 +263,7 @@ def test_run_wakes_on_notify_and_catches_up(
 def test_concurrent_writers_lose_nothing(env: tuple[Settings, BatchService]) -> None:
     s, service = env
     writers = [Bootstrap(s).batch_service() for _ in range(4)]
-    outbox = Outbox(s, service, page_size=10)
+    outbox = outbox_of(s, service, page_size=10)
 
     def write(svc: BatchService, n: int) -> None:
         for i in range(25):
@@ -302,7 +303,7 @@ def test_broker_down_then_restarted(tmp_path: Any) -> None:
     own = LocalBroker().start()  # memory-only: a restart loses its topics
     s = outbox_settings(own.bootstrap_servers)
     service = Bootstrap(s).batch_service(clock=ManualClock())
-    outbox = Outbox(s, service, backoff=(0.05, 0.5), producer_overrides=FAST)
+    outbox = outbox_of(s, service, backoff=(0.05, 0.5), producer_overrides=FAST)
     try:
         busy_workload(service, batches=1)
 
@@ -336,14 +337,14 @@ def test_broker_down_then_restarted(tmp_path: Any) -> None:
         own.stop()
 
 
-def test_run_outbox_blocking_helper(env: tuple[Settings, BatchService]) -> None:
+def test_outbox_run_blocks_until_stopped(env: tuple[Settings, BatchService]) -> None:
     s, service = env
     busy_workload(service, batches=1)
     stop = threading.Event()
-    thread = threading.Thread(target=run_outbox, args=(s, stop))
+    thread = threading.Thread(target=publish_until, args=(s, stop))
     thread.start()
     try:
-        outbox = Outbox(s, service)  # only to read the shared tracking position
+        outbox = outbox_of(s, service)  # only to read the shared tracking position
         asyncio.run(until(lambda: outbox.lag() == 0))
     finally:
         stop.set()

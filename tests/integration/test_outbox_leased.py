@@ -22,6 +22,7 @@ from infrastructure.settings import Settings
 from tests.integration import test_outbox as outbox_tests
 from tests.integration.slot_support import head
 from tests.integration.test_outbox import check_delivery, consume
+from tests.support.followers import outbox_of
 from tests.support.poll import eventually_async
 
 env = outbox_tests.env  # the same store and broker topics as the outbox's other tests
@@ -44,7 +45,7 @@ def test_a_leased_outbox_records_its_position_a_few_times_not_after_every_page(
     appends = 60
 
     async def scenario() -> tuple[int, int]:
-        outbox = CountingOutbox(s, service, record_every=100, record_interval=0.3)
+        outbox = outbox_of(s, service, CountingOutbox, record_every=100, record_interval=0.3)
         stop = asyncio.Event()
         leadership = Leadership(LeaseKeeper(s, ["outbox"], "only"))
         task = asyncio.create_task(leadership.run({"outbox": outbox.run}, stop))
@@ -109,11 +110,11 @@ def test_an_outbox_that_leads_again_goes_on_from_the_store_not_from_memory(
             await asyncio.wait_for(task, 10)
 
     async def scenario() -> int:
-        outbox = Outbox(s, service)
+        outbox = outbox_of(s, service)
         register(5, "a")
         await lead(outbox, head(service))
         register(5, "b")
-        other = Outbox(s, service)  # another instance leads meanwhile
+        other = outbox_of(s, service)  # another instance leads meanwhile
         while await other.publish_once():
             pass
         await other.close()
@@ -141,7 +142,7 @@ def test_a_store_restored_under_a_leased_outbox_is_noticed_and_its_new_events_pu
             )
 
     async def scenario() -> int:
-        outbox = Outbox(s, service, record_every=1)
+        outbox = outbox_of(s, service, record_every=1)
         outbox.head_check_seconds = 0.2
         stop = asyncio.Event()
         leadership = Leadership(LeaseKeeper(s, ["outbox"], "restored"))

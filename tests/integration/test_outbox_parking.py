@@ -22,7 +22,6 @@ from application.commands import (
 )
 from application.service import BatchService
 from domain import Batch
-from infrastructure.processes.outbox import Outbox
 from infrastructure.settings import Settings
 from projections.envelope import envelope_of
 from tests.integration.test_outbox import (
@@ -34,6 +33,7 @@ from tests.integration.test_outbox import (
     stored,
     until,
 )
+from tests.support.followers import outbox_of
 
 MIB = 1024 * 1024
 
@@ -63,7 +63,7 @@ def test_refused_event_is_parked_and_other_batches_flow(
     busy_workload(service, batches=3, files=3)  # other batches, stored after it
     others = [e for e in stored(service) if e.batch_id != "big"]
     refused_before = sample("batchslot_outbox_refused_total", error="MessageSizeTooLargeError")
-    outbox = Outbox(
+    outbox = outbox_of(
         s,
         service,
         backoff=(0.02, 0.1),
@@ -109,7 +109,7 @@ def test_refused_event_is_parked_and_other_batches_flow(
     assert outbox.lag() == 0
 
     # The limit is raised (a new outbox with the default producer limit): published in order.
-    raised = Outbox(s, service)
+    raised = outbox_of(s, service)
 
     async def retry() -> None:
         assert await raised.retry_parked() == 3
@@ -170,7 +170,7 @@ def test_worst_case_envelopes_fit_the_real_1_mib_limit(
         "ValidationFailureRecorded",
         "ExcessContentProvisioned",
     }
-    outbox = Outbox(s, service, refusal_attempts=1, producer_overrides={"max_request_size": MIB})
+    outbox = outbox_of(s, service, refusal_attempts=1, producer_overrides={"max_request_size": MIB})
 
     async def publish() -> None:
         while await outbox.publish_once():
@@ -218,7 +218,7 @@ def test_worst_case_completion_goes_out_in_parts_at_the_real_1_mib_limit(
     for start in range(0, 5000, 1000):
         service.execute(files[start : start + 1000])
     events = stored(service)
-    outbox = Outbox(s, service, refusal_attempts=1, producer_overrides={"max_request_size": MIB})
+    outbox = outbox_of(s, service, refusal_attempts=1, producer_overrides={"max_request_size": MIB})
 
     async def publish() -> None:
         while await outbox.publish_once():

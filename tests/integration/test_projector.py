@@ -10,7 +10,6 @@ import pytest
 from application.commands import RegisterBatch
 from application.service import BatchService
 from infrastructure.bootstrap import Bootstrap
-from infrastructure.processes.projector import Projector, rebuild, run_projector
 from infrastructure.redis.client import connect, node_clients
 from infrastructure.redis.view import RedisSlotView
 from infrastructure.settings import Settings
@@ -25,6 +24,7 @@ from tests.integration.slot_support import (
     keys_like,
     view_models,
 )
+from tests.support.followers import ProjectorThread, project_until, rebuilt
 from tests.support.poll import eventually
 
 
@@ -62,7 +62,7 @@ def test_stopped_mid_stream_and_restarted_without_gap_or_double_count(
 ) -> None:
     ids = busy_workload(clocked, clock, batches=40, rounds=1500)
     target = head(clocked)
-    first = Projector(test_settings, service=clocked, page_size=3).start()
+    first = ProjectorThread(test_settings, service=clocked, page_size=3).start()
     eventually(lambda: (view.position() or 0) > target // 3)
     first.stop()  # while it is busy (it may or may not have reached ``target`` by now)
     stopped_at = view.position() or 0
@@ -71,11 +71,11 @@ def test_stopped_mid_stream_and_restarted_without_gap_or_double_count(
     # Mid-stream by construction: the store went on, the stopped projector did not.
     assert (view.position() or 0) == stopped_at < head(clocked)
     view.client.set(view._tracking(), stopped_at // 2)  # an older position: replays are no-ops
-    second = Projector(test_settings, service=clocked, page_size=50).start()
+    second = ProjectorThread(test_settings, service=clocked, page_size=50).start()
     try:
         second.wait_for(head(clocked), timeout=30)
         assert_exact(clocked, view, ids)
-        assert second.replays == 0
+        assert second.projector.replays == 0
     finally:
         second.stop()
 
@@ -87,7 +87,7 @@ def test_redis_connections_killed_mid_stream_are_survived(
     name = f"projector-{test_settings.database_schema}"
     client = connect(test_settings, client_name=name)
     victim = RedisSlotView(client, test_settings.redis_key_prefix)
-    projector = Projector(test_settings, service=clocked, view=victim, page_size=5).start()
+    running = ProjectorThread(test_settings, service=clocked, view=victim, page_size=5).start()
     try:
         eventually(lambda: (view.position() or 0) > head(clocked) // 4)
         killed = 0
@@ -96,10 +96,10 @@ def test_redis_connections_killed_mid_stream_are_survived(
                 if info.get("name") == name:
                     killed += server.client_kill_filter(_id=info["id"])
         assert killed >= 1
-        projector.wait_for(head(clocked), timeout=30)
+        running.wait_for(head(clocked), timeout=30)
         assert_exact(clocked, view, ids)
     finally:
-        projector.stop()
+        running.stop()
         client.close()
 
 
@@ -107,40 +107,40 @@ def test_a_flushed_read_model_is_noticed_while_idle_and_rebuilt_from_zero(
     test_settings: Settings, clocked: BatchService, clock: ManualClock, view: RedisSlotView
 ) -> None:
     ids = busy_workload(clocked, clock, batches=10, rounds=200)
-    projector = Projector(test_settings, service=clocked, watchdog_seconds=0.1).start()
+    running = ProjectorThread(test_settings, service=clocked, watchdog_seconds=0.1).start()
     try:
-        projector.wait_for(head(clocked))
+        running.wait_for(head(clocked))
         before = everything(view)
         flush(view)  # as FLUSHALL would
         eventually(lambda: everything(view) == before)
-        assert projector.replays >= 1
+        assert running.projector.replays >= 1
         assert_exact(clocked, view, ids)
     finally:
-        projector.stop()
+        running.stop()
 
 
 def test_a_flushed_read_model_is_noticed_on_the_next_event(
     test_settings: Settings, clocked: BatchService, clock: ManualClock, view: RedisSlotView
 ) -> None:
     ids = busy_workload(clocked, clock, batches=10, rounds=200)
-    projector = Projector(test_settings, service=clocked, watchdog_seconds=3600).start()
+    running = ProjectorThread(test_settings, service=clocked, watchdog_seconds=3600).start()
     try:
-        projector.wait_for(head(clocked))
+        running.wait_for(head(clocked))
         flush(view)
         clocked.execute([RegisterBatch(batch_id="after", correlation_id="c", essay_ids=["e"])])
-        projector.wait_for(head(clocked))
-        assert projector.replays == 1
+        running.wait_for(head(clocked))
+        assert running.projector.replays == 1
         assert_exact(clocked, view, [*ids, "after"])
     finally:
-        projector.stop()
+        running.stop()
 
 
-def test_run_projector_blocks_until_stopped(
+def test_projector_run_blocks_until_stopped(
     test_settings: Settings, clocked: BatchService, clock: ManualClock, view: RedisSlotView
 ) -> None:
     ids = busy_workload(clocked, clock, batches=5, rounds=60)
     stop = threading.Event()
-    runner = threading.Thread(target=run_projector, args=(test_settings, stop))
+    runner = threading.Thread(target=project_until, args=(test_settings, stop))
     runner.start()
     view.wait_for(head(clocked), timeout=10)
     assert runner.is_alive()
@@ -154,9 +154,9 @@ def test_rebuild_equals_live_and_repairs_tampering(
     test_settings: Settings, clocked: BatchService, clock: ManualClock, view: RedisSlotView
 ) -> None:
     ids = busy_workload(clocked, clock, batches=30, rounds=800)
-    projector = Projector(test_settings, service=clocked).start()
-    projector.wait_for(head(clocked))
-    projector.stop()
+    running = ProjectorThread(test_settings, service=clocked).start()
+    running.wait_for(head(clocked))
+    running.stop()
     live = everything(view)
     stored = [b for b in ids if clocked.get_batch(b) is not None]
     view.client.hset(view.batch_keys(stored[0])[0], "assigned", "99")  # a corrupted count
@@ -164,7 +164,7 @@ def test_rebuild_equals_live_and_repairs_tampering(
     view.client.hset(view.batch_keys("ghost")[0], mapping={"status": "open", "version": "3"})
     view.client.delete(view._tracking())
     calls: list[tuple[int, int]] = []
-    summary = rebuild(test_settings, lambda done, total: calls.append((done, total)), page_size=97)
+    summary = rebuilt(test_settings, lambda done, total: calls.append((done, total)), page_size=97)
     assert everything(view) == live
     assert (summary.events, summary.batches) == (head(clocked), len(stored))
     assert calls[-1] == (head(clocked), head(clocked)) and len(calls) > 1
@@ -185,8 +185,8 @@ def test_readers_never_see_a_missing_partial_or_older_batch_during_rebuild(
     test_settings: Settings, clocked: BatchService, clock: ManualClock, view: RedisSlotView
 ) -> None:
     ids = busy_workload(clocked, clock, batches=60, rounds=1500)
-    projector = Projector(test_settings, service=clocked).start()
-    projector.wait_for(head(clocked))
+    running = ProjectorThread(test_settings, service=clocked).start()
+    running.wait_for(head(clocked))
     present = [b for b in ids if view.read_batch(b) is not None]
     done, problems, reads = threading.Event(), list[str](), [0]
 
@@ -209,7 +209,7 @@ def test_readers_never_see_a_missing_partial_or_older_batch_during_rebuild(
     for t in threads:
         t.start()
     try:
-        rebuilds = [rebuild(test_settings, page_size=20) for _ in range(2)]
+        rebuilds = [rebuilt(test_settings, page_size=20) for _ in range(2)]
     finally:
         threads[-1].join()
         done.set()
@@ -217,6 +217,6 @@ def test_readers_never_see_a_missing_partial_or_older_batch_during_rebuild(
             t.join()
     assert problems == []
     assert reads[0] > 100 and all(r.events > 0 for r in rebuilds)
-    projector.wait_for(head(clocked), timeout=20)
-    projector.stop()
+    running.wait_for(head(clocked), timeout=20)
+    running.stop()
     assert_exact(clocked, view, ids)

@@ -15,7 +15,6 @@ from hypothesis import settings as hsettings
 from application.commands import RegisterBatch
 from application.service import BatchService
 from infrastructure.bootstrap import Bootstrap
-from infrastructure.processes.projector import Projector
 from infrastructure.redis.client import node_clients
 from infrastructure.redis.view import PositionLost, RedisSlotView
 from infrastructure.settings import Settings
@@ -31,6 +30,7 @@ from tests.integration.slot_support import (
     view_models,
 )
 from tests.strategies import PENDING_TTL_SECONDS, TIMEOUT_SECONDS, Step, workloads
+from tests.support.followers import ProjectorThread
 from tests.support.redis_cluster import LocalRedisCluster
 
 
@@ -78,8 +78,8 @@ def replay(service: BatchService, view: RedisSlotView, after: int | None = None)
 
 
 @pytest.fixture
-def projector(test_settings: Settings, clocked: BatchService) -> Iterator[Projector]:
-    p = Projector(test_settings, service=clocked).start()
+def projector(test_settings: Settings, clocked: BatchService) -> Iterator[ProjectorThread]:
+    p = ProjectorThread(test_settings, service=clocked).start()
     yield p
     p.stop()
 
@@ -90,14 +90,14 @@ def projector(test_settings: Settings, clocked: BatchService) -> Iterator[Projec
 )
 @given(steps=workloads())
 def test_projected_keys_equal_the_aggregates_read_model(
-    clocked: BatchService, clock: ManualClock, projector: Projector, steps: list[Step]
+    clocked: BatchService, clock: ManualClock, projector: ProjectorThread, steps: list[Step]
 ) -> None:
     """One live projector follows every example; each example has its own batches."""
     suffix = f"-{uuid.uuid4().hex[:8]}"
     run_steps(clocked, clock, steps, suffix)
     projector.wait_for(head(clocked), timeout=10)
     ids = [b + suffix for b in ("b-alpha", "b-beta", "b-gamma")]
-    assert view_models(projector.view, ids) == expected_models(clocked, ids)
+    assert view_models(projector.projector.view, ids) == expected_models(clocked, ids)
 
 
 def test_redelivered_and_replayed_events_change_nothing(

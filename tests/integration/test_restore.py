@@ -18,11 +18,11 @@ from application.commands import RegisterBatch
 from application.service import BatchService
 from infrastructure.bootstrap import Bootstrap
 from infrastructure.postgres.store import conninfo
-from infrastructure.processes.projector import Projector, rebuild
 from infrastructure.redis.view import RedisSlotView
 from infrastructure.settings import Settings
 from tests.conftest import ManualClock
 from tests.integration.slot_support import busy_workload, expected_models, head, view_models
+from tests.support.followers import ProjectorThread, rebuilt
 from tests.support.poll import eventually
 
 
@@ -71,9 +71,9 @@ def resets(action: str) -> float:
 
 
 def project(s: Settings, service: BatchService) -> None:
-    projector = Projector(s, service=service).start()
-    projector.wait_for(head(service), timeout=30)
-    projector.stop()
+    running = ProjectorThread(s, service=service).start()
+    running.wait_for(head(service), timeout=30)
+    running.stop()
 
 
 def test_rebuild_after_a_restore_equals_the_store(
@@ -88,7 +88,7 @@ def test_rebuild_after_a_restore_equals_the_store(
     restore_to(test_settings, middle)
     assert not agrees(test_settings, view)
 
-    rebuild(test_settings)
+    rebuilt(test_settings)
 
     assert view.read_batch("later") is None  # the store no longer has it
     assert view.position() == middle  # moved back
@@ -105,16 +105,16 @@ def test_projector_notices_a_read_model_ahead_of_the_store(
     restore_to(test_settings, middle)
     before = resets("rebuild")
     fresh = Bootstrap(test_settings).batch_service()  # a restarted process: no cache
-    projector = Projector(test_settings, service=fresh).start()
+    running = ProjectorThread(test_settings, service=fresh).start()
     try:
         eventually(lambda: agrees(test_settings, view))
-        assert projector.rebuilds == 1 and resets("rebuild") > before
+        assert running.projector.rebuilds == 1 and resets("rebuild") > before
         # New events after the restore reuse notification ids the view had seen: projected.
         fresh.execute([RegisterBatch(batch_id="new", correlation_id="c", essay_ids=["e"])])
-        projector.wait_for(head(fresh), timeout=10)
+        running.wait_for(head(fresh), timeout=10)
         assert agrees(test_settings, view)
     finally:
-        projector.stop()
+        running.stop()
         fresh.close()
 
 
@@ -124,14 +124,14 @@ def test_running_projector_notices_a_restore_while_idle(
     busy_workload(clocked, clocked.clock, batches=20, rounds=600)  # type: ignore[arg-type]
     middle = head(clocked)
     busy_workload(clocked, clocked.clock, batches=20, rounds=300, seed=3)  # type: ignore[arg-type]
-    projector = Projector(test_settings, service=clocked, ahead_check_seconds=0.2).start()
+    running = ProjectorThread(test_settings, service=clocked, ahead_check_seconds=0.2).start()
     try:
-        projector.wait_for(head(clocked), timeout=30)
+        running.wait_for(head(clocked), timeout=30)
         restore_to(test_settings, middle)
         eventually(lambda: agrees(test_settings, view))
-        assert projector.rebuilds == 1
+        assert running.projector.rebuilds == 1
     finally:
-        projector.stop()
+        running.stop()
 
 
 def test_projector_notices_a_position_moved_back_while_idle(
@@ -142,13 +142,13 @@ def test_projector_notices_a_position_moved_back_while_idle(
     middle = head(clocked)
     clocked.execute([RegisterBatch(batch_id="last", correlation_id="c", essay_ids=["e"])])
     before = resets("replay")
-    projector = Projector(test_settings, service=clocked, watchdog_seconds=0.1).start()
+    running = ProjectorThread(test_settings, service=clocked, watchdog_seconds=0.1).start()
     try:
-        projector.wait_for(head(clocked), timeout=30)
+        running.wait_for(head(clocked), timeout=30)
         view.client.delete(*view.batch_keys("last"))  # the lost second: its last write
         view.client.set(view._tracking(), middle)  # and the position it had then
         eventually(lambda: view.read_batch("last") is not None)
-        assert projector.replays >= 1 and resets("replay") > before
+        assert running.projector.replays >= 1 and resets("replay") > before
         assert agrees(test_settings, view)
     finally:
-        projector.stop()
+        running.stop()

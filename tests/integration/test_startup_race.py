@@ -2,8 +2,9 @@
 
 Each round makes a new database name (and a non-public schema) that does not
 exist yet; six processes released by one barrier each build the service (which
-creates the database, the schema and the library's tables) and the outbox (its
-tracking table), and store one event. Every process must succeed, in every round.
+creates the database, the schema and the library's tables) and the outbox (the
+container creates its tables first), and store one event. Every process must
+succeed, in every round.
 """
 
 from __future__ import annotations
@@ -29,13 +30,12 @@ def start_and_write(env: dict[str, str], n: int, barrier: Any, out: Any) -> None
     try:
         from application.commands import ProvisionContent
         from infrastructure.bootstrap import Bootstrap
-        from infrastructure.processes.outbox import Outbox
 
         settings = load_settings(env)
         barrier.wait(timeout=60)
-        service = Bootstrap(settings).batch_service()
-        try:
-            Outbox(settings, service)  # creates its tracking table, as `batchctl outbox` does
+        with Bootstrap(settings) as container:
+            service = container.service
+            container.outbox()  # its tables created first, as for `batchctl outbox`
             command = ProvisionContent(
                 batch_id=f"b-{n}",
                 correlation_id=str(uuid.uuid4()),
@@ -45,8 +45,6 @@ def start_and_write(env: dict[str, str], n: int, barrier: Any, out: Any) -> None
             )
             [result] = service.execute([command])
             out.put((n, result.outcome))
-        finally:
-            service.close()
     except BaseException:
         out.put((n, traceback.format_exc()))
 
