@@ -12,6 +12,7 @@ Sections (all measured in this one run, on this machine, everything on it):
              produced BEFORE the service starts (drain rate), then a paced phase at half
              the drain rate with one long-lived producer (produce -> SlotAssigned latency)
 5. split     the same with 2 workers + projector + outbox as separate processes
+   replicas  the same with 2 `batchctl run` replicas (the followers spread by their leases)
 6. scaling   per-command cost in a 25-slot and a 5,000-slot batch (one command per
              execute); service RSS after 1,000 and after 50,000 batches
 7. scale     command path with 1, 2 and 4 worker processes, and end to end in
@@ -82,8 +83,8 @@ def main() -> int:
     p.add_argument("--json", type=Path, help="also write the results to this JSON file")
     p.add_argument(
         "--only",
-        help="comma-separated sections to run (limit,naive,service,e2e,split,scaling,"
-        "scale,keys); the targets table needs limit,naive,service,e2e,split,scaling",
+        help="comma-separated sections to run (limit,naive,service,e2e,split,replicas,"
+        "scaling,scale,keys); the targets table needs limit,naive,service,e2e,split,scaling",
     )
     p.add_argument(
         "--profile",
@@ -124,6 +125,7 @@ def main() -> int:
         section("service", lambda: bench_service(sizes, commands))
     section("e2e", lambda: bench_e2e(sizes, "run"))
     section("split", lambda: bench_e2e(sizes, "split", workers=2))
+    section("replicas", lambda: bench_e2e(sizes, "replicas", workers=2))
     section("scaling", lambda: bench_scaling(sizes))
     section(
         "scale",

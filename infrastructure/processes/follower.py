@@ -104,8 +104,10 @@ async def follow(
     page_size: int,
     idle_timeout: float,
     backoff: tuple[float, float] = (0.1, 5.0),
+    nudge: asyncio.Event | None = None,
 ) -> None:
-    """Run ``follower`` until ``stop`` is set (or it raises); closes ``wake`` at the end."""
+    """Run ``follower`` until ``stop`` is set (or it raises); closes ``wake`` at the end.
+    Setting ``nudge`` ends a wait at once (the follower has something to check)."""
     delay = backoff[0]
     announced: int | None = None  # the highest id the last wake-up's NOTIFY named
     try:
@@ -121,7 +123,7 @@ async def follow(
                 if len(page) < page_size:
                     await follower.caught_up()
                     read_to = page[-1].id if page else after or 0
-                    announced = await _wait_for_more(read_to, wake, stop, idle_timeout)
+                    announced = await _wait_for_more(read_to, wake, stop, idle_timeout, nudge)
             except LeaseLost:
                 raise
             except Exception as error:
@@ -134,7 +136,11 @@ async def follow(
 
 
 async def _wait_for_more(
-    read_to: int, wake: Listener, stop: asyncio.Event, timeout: float
+    read_to: int,
+    wake: Listener,
+    stop: asyncio.Event,
+    timeout: float,
+    nudge: asyncio.Event | None = None,
 ) -> int | None:
     """Wait until an append may hold ids after ``read_to`` (or ``timeout``, or ``stop``);
     return the highest id announced (None: not known, read anyway).
@@ -147,22 +153,28 @@ async def _wait_for_more(
         left = deadline - asyncio.get_running_loop().time()
         if left <= 0:
             return None
-        heard = await _first(wake.wait(left), stop)
+        if nudge is not None and nudge.is_set():
+            nudge.clear()
+            return None
+        heard = await _first(wake.wait(left), stop, *([nudge] if nudge is not None else []))
         if heard is None or heard > read_to:
+            if nudge is not None:
+                nudge.clear()
             return heard
     return None
 
 
-async def _first(waiting: Awaitable[int | None], stop: asyncio.Event) -> int | None:
-    """What ``waiting`` returns, or None as soon as ``stop`` is set (it is then cancelled)."""
+async def _first(waiting: Awaitable[int | None], *events: asyncio.Event) -> int | None:
+    """What ``waiting`` returns, or None as soon as one of ``events`` is set (it is then
+    cancelled)."""
     task = asyncio.ensure_future(waiting)
-    stopping = asyncio.ensure_future(stop.wait())
+    others = [asyncio.ensure_future(e.wait()) for e in events]
     try:
-        await asyncio.wait((task, stopping), return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait((task, *others), return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for t in (task, stopping):
+        for t in (task, *others):
             t.cancel()
-        await asyncio.gather(task, stopping, return_exceptions=True)
+        await asyncio.gather(task, *others, return_exceptions=True)
     if task.cancelled() or task.exception() is not None:
         return None
     return task.result()

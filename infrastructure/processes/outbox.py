@@ -206,7 +206,10 @@ class Outbox:
         ).format(t=Identifier(app.recorder.datastore.schema, TRACKING_TABLE))
         self.head_check_seconds = 5.0
         self._next_head_check = 0.0
-        self._writer = PositionWriter(self._record, on_recorded=self._on_recorded)
+        self._nudge: asyncio.Event | None = None  # set: a position write failed, check it
+        self._writer = PositionWriter(
+            self._record, on_recorded=self._on_recorded, on_failed=self._write_failed
+        )
         self._next_parked_retry = 0.0
         self.published: int | None = None  # last position recorded (for the stall watchdog)
         self._listener: Listener | None = None
@@ -394,6 +397,10 @@ class Outbox:
 
     def _on_recorded(self, position: int) -> None:
         self.published = position
+
+    def _write_failed(self) -> None:
+        if self._nudge is not None:
+            self._nudge.set()
 
     async def _checkpoint(self, progress: _Progress, *, final: bool = False) -> None:
         """Record the acknowledged prefix, in the background (``PositionWriter``): every
@@ -625,6 +632,7 @@ class Outbox:
         retry failures with backoff)."""
         listener = self._listener = Listener(self.settings, self._events.channel_name)
         self._known = self._parked = None  # (a new lease: another instance may have led)
+        self._nudge = asyncio.Event()
         self.published = await asyncio.to_thread(self.position)
         log.info("outbox starting at position %d, topic %s", self.published, self.topic)
         try:
@@ -636,6 +644,7 @@ class Outbox:
                 page_size=self.page_size,
                 idle_timeout=self.idle_timeout,
                 backoff=self.backoff,
+                nudge=self._nudge,
             )
         finally:
             if self._flush is not None:
@@ -674,6 +683,8 @@ class Outbox:
         await self._publish(page, after or 0)
 
     async def caught_up(self) -> None:
+        if self._writer.failed:
+            await self._writer.settle()  # raises its error (e.g. PositionMoved)
         self._flush_soon()
         if time.monotonic() >= self._next_head_check:
             self._next_head_check = time.monotonic() + self.head_check_seconds
@@ -681,25 +692,25 @@ class Outbox:
 
     def _check_head(self) -> None:
         """Idle: is the store behind this outbox (restored from an older backup, its ids
-        drawn again)? Then go on from the position recorded in the store."""
+        drawn again)? Then ``PositionMoved``: go on from the position recorded there."""
         store = self._events.max_notification_id() or 0
         behind = self.position() < self._writer.recorded  # its own position went back
         if shared_log(self._app).check_head(store) or behind or (self._known or 0) > store:
-            shared_log(self._app).forget()
-            log.warning(
-                "outbox: the event store's last event %d is behind what was published "
-                "(restored from an older backup?); going on from its recorded position",
-                store,
+            raise PositionMoved(
+                f"the event store's last event {store} or the outbox's recorded position is "
+                "behind what this outbox published: restored from an older backup?"
             )
-            self._known = self._parked = None
 
     async def failed(self, error: Exception) -> bool:
         """Broker or database trouble: retry the page after the backoff (from the
-        position and parked batches recorded in the store)."""
-        self.failures += 1
+        position and parked batches recorded in the store). The store behind this
+        outbox (``PositionMoved``): go on at once from the position recorded there."""
         self._known = self._parked = None
         if isinstance(error, PositionMoved):
             shared_log(self._app).forget()  # (restored: the ids it holds are drawn again)
+            log.warning("outbox: %s; going on from the recorded position", error)
+            return False
+        self.failures += 1
         log.warning("outbox page failed (%s: %s); retrying", described(error, self.settings), error)
         await self.close()
         return True

@@ -24,9 +24,16 @@ __all__ = ["PositionWriter"]
 
 
 class PositionWriter:
-    def __init__(self, write: Callable[[int], None], *, on_recorded: Callable[[int], None]) -> None:
+    def __init__(
+        self,
+        write: Callable[[int], None],
+        *,
+        on_recorded: Callable[[int], None],
+        on_failed: Callable[[], None] = lambda: None,
+    ) -> None:
         self._write = write  # blocking: runs in a worker thread
         self._on_recorded = on_recorded
+        self._on_failed = on_failed  # a write failed (``settle`` will raise its error)
         self._wanted = 0
         self.recorded = 0
         self._task: asyncio.Task[None] | None = None
@@ -93,6 +100,10 @@ class PositionWriter:
     async def _drain(self) -> None:
         while self._wanted > self.recorded:
             target = self._wanted
-            await asyncio.to_thread(self._write, target)
+            try:
+                await asyncio.to_thread(self._write, target)
+            except BaseException:
+                self._on_failed()
+                raise
             self.recorded = target
             self._on_recorded(target)

@@ -57,6 +57,8 @@ class E2EProbe:
         # CreateTime), producer -> read here.
         self.hops: dict[str, list[tuple[float, float, float]]] = {}
         self.completed: dict[str, set[bytes]] = {}
+        self.event_ids: set[bytes] = set()
+        self.duplicates = 0  # records of an event already read (replicas must not repeat)
         self.last_event: dict[str, float] = {}
         self.samples: list[tuple[float, int, int]] = []  # (time, head, projected)
         self.first_event: float | None = None  # the service's first output
@@ -87,6 +89,9 @@ class E2EProbe:
                         tag = r.key.split(b"-b", 1)[0].decode()
                         headers = dict(r.headers)
                         kind = headers["event_type"]
+                        if headers["event_id"] in self.event_ids:
+                            self.duplicates += 1
+                        self.event_ids.add(headers["event_id"])
                         self.last_event[tag] = now
                         if kind == b"SlotAssigned":
                             cid = headers["correlation_id"].decode()
@@ -265,6 +270,8 @@ def check_read_model(settings: Settings, scenario: Scenario) -> int:
 def service_parts(mode: str, workers: int) -> list[str]:
     if mode == "run":
         return ["run --no-local-broker"]
+    if mode == "replicas":  # ``workers`` replicas of `batchctl run`: the followers spread
+        return ["run --no-local-broker"] * workers
     return ["worker"] * workers + ["projector", "outbox"]
 
 
@@ -426,13 +433,15 @@ def bench_e2e(
     keys: Literal["batch", "file"] = "batch",
 ) -> dict[str, Any]:
     """Drain a backlog produced before the service starts, then (``paced``) a paced phase
-    at half the drain rate. ``mode``: ``run`` (one `batchctl run`) or ``split``
-    (``workers`` workers + projector + outbox processes). ``settle_first`` (the scale
-    rows): start the service first, wait until its consumer group has settled (every
-    worker's /readyz), then produce the backlog: the drain is timed from the first send,
-    so rebalances while members join are not what is measured. ``keys``: the Kafka key
-    of content and validation failures (``generate_load``'s ``keys``). Every process
-    serves /metrics on a port of its own: each phase reports its version conflicts."""
+    at half the drain rate. ``mode``: ``run`` (one `batchctl run`), ``split``
+    (``workers`` workers + projector + outbox processes) or ``replicas`` (``workers``
+    `batchctl run` replicas, the followers spread over them by their leases).
+    ``settle_first`` (the scale rows): start the service first, wait until its
+    consumer group has settled (every worker's /readyz), then produce the backlog: the
+    drain is timed from the first send, so rebalances while members join are not what
+    is measured. ``keys``: the Kafka key of content and validation failures
+    (``generate_load``'s ``keys``). Every process serves /metrics on a port of its own:
+    each phase reports its version conflicts."""
     broker = LocalBroker(log_path=ROOT / "var" / "bench-broker.log").start()
     extra = {"KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers}
     if partitions:
@@ -584,6 +593,8 @@ def bench_e2e(
         out["read_model_wrong_batches"] = wrong
         out["wrong_examples"] = WRONG_EXAMPLES[:5]
         out["verify_exit"] = verify.returncode
+        out["published_events"] = len(probe.event_ids)
+        out["published_duplicates"] = probe.duplicates
     finally:
         for p in procs:
             p.send_signal(signal.SIGTERM)
