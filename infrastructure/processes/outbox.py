@@ -198,7 +198,6 @@ class Outbox:
         self._recorded_at = 0.0  # when a position write was last asked for
         self._noted = 0
         self._flush: asyncio.TimerHandle | None = None
-        self._stored = 0  # the position this outbox last read from or wrote to the store
         self._move_statement = SQL(
             "INSERT INTO {t} (application_name, notification_id) VALUES (%(app)s, %(to)s) "
             "ON CONFLICT (application_name) DO UPDATE SET notification_id = %(to)s "
@@ -233,7 +232,7 @@ class Outbox:
     async def publish_once(self) -> int:
         """Publish the next page and record its position; return how many events it
         held (0: caught up)."""
-        position = self.published = self._stored = await asyncio.to_thread(self.position)
+        position = self.published = await asyncio.to_thread(self.position)
         self._writer.reset(position)
         page = await asyncio.to_thread(shared_log(self._app).read, position, self.page_size)
         if page:
@@ -382,18 +381,18 @@ class Outbox:
         (compare-and-set). Anything else there means the store was restored from an older
         backup (or another instance wrote): ``PositionMoved``, and the loop goes on from
         the store's position instead of its own."""
+        left_at = self._writer.recorded  # (read back from the store, or written last)
         with self._tracking.datastore.transaction(commit=True) as curs:
             curs.execute(
                 self._move_statement,
-                {"app": self.application_name, "to": notification_id, "from": self._stored},
+                {"app": self.application_name, "to": notification_id, "from": left_at},
                 prepare=True,
             )
             if curs.fetchone() is None:
                 raise PositionMoved(
-                    f"the outbox's recorded position is no longer {self._stored}: the store "
+                    f"the outbox's recorded position is no longer {left_at}: the store "
                     "was restored from an older backup, or another instance moved it"
                 )
-        self._stored = notification_id
 
     def _on_recorded(self, position: int) -> None:
         self.published = position
@@ -676,7 +675,7 @@ class Outbox:
             asyncio.to_thread(self.position), asyncio.to_thread(self.parking.batches)
         )
         self._writer.reset(position)
-        self._known = self.published = self._stored = position
+        self._known = self.published = position
         return position
 
     async def handle(self, page: Sequence[Notification], after: int | None) -> None:
