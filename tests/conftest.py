@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, settings
 from application.service import BatchService
 from infrastructure.bootstrap import Bootstrap
 from infrastructure.kafka.local_broker import LocalBroker
+from infrastructure.postgres.store import ensure_database
 from infrastructure.settings import Settings
 from tests.support.redis_cluster import LocalRedisCluster
 from tests.support.scratch import drop_redis_prefix, drop_schema, new_tag, scratch_settings
@@ -39,6 +40,16 @@ TEST_DATABASE_URL = os.environ.get(
     "TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/batchslot_test"
 )
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def test_database() -> None:
+    """The tests' database exists before any test runs (on a fresh machine it does not):
+    a test that connects without creating anything (a lease keeper, a CLI command that
+    refuses a missing store) must not depend on an earlier test having created it."""
+    ensure_database(
+        scratch_settings(TEST_DATABASE_URL, TEST_REDIS_URL, schema="public", key_prefix="test:")
+    )
 
 
 def make_settings(**extra: str) -> Settings:
