@@ -26,15 +26,27 @@ sends its rows as five base-type arrays (ids, versions, topics, states,
 traceparents) rather than the library's composite array, which psycopg dumps in
 pure Python field by field (13% of the run process's GIL samples,
 docs/benchmarks.md).
+
+One round trip per append: the statements above (lock timeout, table lock,
+INSERT, NOTIFY) run inside one PL/pgSQL function of the schema,
+``batchslot_append``, called as a single autocommit statement, which is its own
+transaction: one round trip instead of six (BEGIN, SET LOCAL, LOCK TABLE, INSERT,
+NOTIFY, COMMIT), whatever the append's size, so a one-command poll costs what a
+large one does per transaction. The function is created with the table (``batchctl
+init``, or a process's start-up creation); a store created by an older release,
+without it, is appended to as before (the statements one by one) until it is
+created, and a log line says so once.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
+import psycopg
 from eventsourcing.persistence import (
     InterfaceError,
     Notification,
@@ -55,7 +67,10 @@ __all__ = [
     "traceparent_of_notification",
 ]
 
+log = logging.getLogger(__name__)
+
 TRACEPARENT_COLUMN = "traceparent"
+APPEND_FUNCTION = "batchslot_append"
 Traceparents = Mapping[tuple[UUID | str, int], str]
 
 
@@ -115,6 +130,48 @@ class UnpipelinedApplicationRecorder(PostgresApplicationRecorder):
             column=Identifier(TRACEPARENT_COLUMN),
         )
 
+        # The whole append in one statement (see the module docstring): the lock timeout
+        # and table lock first (so ids commit in order), the INSERT, then the NOTIFY of
+        # the last id; the ids are returned in the events' order.
+        function = SQL("{schema}.{name}").format(
+            schema=Identifier(schema), name=Identifier(APPEND_FUNCTION)
+        )
+        self.sql_create_statements.append(
+            SQL(
+                "CREATE OR REPLACE FUNCTION {function}(ids {originator_id_type}[], "
+                "versions bigint[], topics text[], states bytea[], traceparents text[], "
+                "lock_timeout text) RETURNS SETOF bigint LANGUAGE plpgsql AS $body$ "
+                "DECLARE stored bigint[]; "
+                "BEGIN "
+                "PERFORM set_config('lock_timeout', lock_timeout, true); "
+                "LOCK TABLE {schema}.{table} IN EXCLUSIVE MODE; "
+                "WITH inserted AS (INSERT INTO {schema}.{table} ("
+                "originator_id, originator_version, topic, state, {column}) "
+                "SELECT * FROM unnest(ids, versions, topics, states, traceparents) "
+                "RETURNING notification_id) "
+                "SELECT array_agg(notification_id ORDER BY notification_id) INTO stored "
+                "FROM inserted; "
+                "PERFORM pg_notify({channel}, {prefix} || stored[cardinality(stored)]); "
+                "RETURN QUERY SELECT unnest(stored); "
+                "END $body$"
+            ).format(
+                function=function,
+                originator_id_type=Identifier(self.datastore.originator_id_type),
+                schema=Identifier(schema),
+                table=Identifier(table),
+                column=Identifier(TRACEPARENT_COLUMN),
+                channel=Literal(self.channel_name),
+                prefix=Literal(f"{schema}:"),
+            )
+        )
+        self.call_append_statement: Composed = SQL(
+            "SELECT * FROM {function}(%s::{originator_id_type}[], %s::bigint[], %s::text[], "
+            "%s::bytea[], %s::text[], %s::text)"
+        ).format(
+            function=function, originator_id_type=Identifier(self.datastore.originator_id_type)
+        )
+        self._one_statement = True  # False: the function is missing (an older store)
+
     @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
     def insert_events(
         self, stored_events: Sequence[StoredEvent], **kwargs: Any
@@ -122,6 +179,10 @@ class UnpipelinedApplicationRecorder(PostgresApplicationRecorder):
         if self.datastore.enable_db_functions:
             ids: Sequence[int] | None = super().insert_events(stored_events, **kwargs)
             return ids
+        if stored_events and self._one_statement:
+            appended = self._append_in_one_statement(stored_events, **kwargs)
+            if appended is not None:
+                return appended
         with (
             self.datastore.get_connection() as conn,
             conn.transaction(),
@@ -137,6 +198,32 @@ class UnpipelinedApplicationRecorder(PostgresApplicationRecorder):
                 curs.execute(self.notify_statement, (f"{self.datastore.schema}:{max(ids)}",))
             return ids
 
+    def _append_in_one_statement(
+        self,
+        stored_events: Sequence[StoredEvent],
+        *,
+        traceparents: Traceparents | None = None,
+        **_: Any,
+    ) -> list[int] | None:
+        """Append through the schema's append function (None: it does not exist)."""
+        columns = _columns(stored_events, traceparents)
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            try:
+                curs.execute(
+                    self.call_append_statement,
+                    (*columns, f"{self.datastore.lock_timeout}s"),
+                    prepare=True,
+                )
+            except psycopg.errors.UndefinedFunction:
+                self._one_statement = False
+                log.warning(
+                    "the event store has no %s function (created by an older release): "
+                    "appending statement by statement; `batchctl init` creates it",
+                    APPEND_FUNCTION,
+                )
+                return None
+            return [row[APPEND_FUNCTION] for row in curs.fetchall()]
+
     def _insert_stored_events(
         self,
         curs: Cursor[DictRow],
@@ -150,17 +237,7 @@ class UnpipelinedApplicationRecorder(PostgresApplicationRecorder):
         # arrays in C. unnest() of parallel arrays zips them in order, so RETURNING
         # still lists the ids in the events' order. No traceparents: the column is NULL.
         self._lock_table(curs)
-        contexts = traceparents or {}
-        curs.execute(
-            self.insert_traced_events_statement,
-            (
-                [e.originator_id for e in stored_events],
-                [e.originator_version for e in stored_events],
-                [e.topic for e in stored_events],
-                [e.state for e in stored_events],
-                [contexts.get((e.originator_id, e.originator_version)) for e in stored_events],
-            ),
-        )
+        curs.execute(self.insert_traced_events_statement, _columns(stored_events, traceparents))
 
     @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
     def select_notifications(
@@ -205,6 +282,21 @@ class UnpipelinedApplicationRecorder(PostgresApplicationRecorder):
                 )
                 for row in curs.fetchall()
             ]
+
+
+def _columns(
+    stored_events: Sequence[StoredEvent], traceparents: Traceparents | None
+) -> tuple[list[Any], ...]:
+    """An append's rows as five parallel arrays: ids, versions, topics, states and
+    traceparents (None where an event has none)."""
+    contexts = traceparents or {}
+    return (
+        [e.originator_id for e in stored_events],
+        [e.originator_version for e in stored_events],
+        [e.topic for e in stored_events],
+        [e.state for e in stored_events],
+        [contexts.get((e.originator_id, e.originator_version)) for e in stored_events],
+    )
 
 
 def recorder_topic() -> str:
