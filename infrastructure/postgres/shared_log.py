@@ -35,7 +35,7 @@ from __future__ import annotations
 import bisect
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from eventsourcing.persistence import ApplicationRecorder, Mapper, Notification
@@ -126,14 +126,21 @@ class SharedLog:
         with self._lock:
             self._clear()
 
-    def check_head(self, store_head: int) -> bool:
-        """Given the store's last id: is the window beyond it (the store restored from
-        an older backup)? Then it is dropped."""
+    def check_head(self, read_head: Callable[[], int]) -> tuple[int, bool]:
+        """The store's last id (``read_head()``), and whether the window was beyond it
+        (the store restored from an older backup; the window is then dropped).
+
+        The window's end is taken *before* the store is asked: appends and other
+        followers' reads move both on meanwhile, and a window end taken after the
+        store's answer could be beyond it without anything being wrong."""
         with self._lock:
-            if self._high <= store_head:
-                return False
+            seen = self._high
+        store_head = read_head()
+        if seen <= store_head:
+            return store_head, False
+        with self._lock:
             self._clear()
-            return True
+        return store_head, True
 
     # ------------------------------------------------------------------ window
 

@@ -692,9 +692,14 @@ class Outbox:
     def _check_head(self) -> None:
         """Idle: is the store behind this outbox (restored from an older backup, its ids
         drawn again)? Then ``PositionMoved``: go on from the position recorded there."""
-        store = self._events.max_notification_id() or 0
-        behind = self.position() < self._writer.recorded  # its own position went back
-        if shared_log(self._app).check_head(store) or behind or (self._known or 0) > store:
+        # What this outbox has seen is taken before the store is asked (the position and
+        # the head only move on meanwhile): behind it, the store really went back.
+        recorded, known = self._writer.recorded, self._known or 0
+        store, window_ahead = shared_log(self._app).check_head(
+            lambda: self._events.max_notification_id() or 0
+        )
+        behind = self.position() < recorded  # its own position went back
+        if window_ahead or behind or known > store:
             raise PositionMoved(
                 f"the event store's last event {store} or the outbox's recorded position is "
                 "behind what this outbox published: restored from an older backup?"

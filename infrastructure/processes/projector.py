@@ -189,8 +189,10 @@ class Projector:
     # -------------------------------------------------------------- helpers
 
     def _check_ahead(self, position: int | None) -> None:
-        store = self.service.recorder.max_notification_id() or 0
-        if shared_log(self.service).check_head(store):
+        store, window_ahead = shared_log(self.service).check_head(
+            lambda: self.service.recorder.max_notification_id() or 0
+        )
+        if window_ahead:
             log.warning("the event store is behind what was read from it (restored?)")
         if position is not None and position > store:
             if store == 0:  # not a restore: most likely the wrong database or schema

@@ -162,3 +162,30 @@ def test_followers_reading_the_same_page_at_once_make_one_store_read(
     assert len(pages) == 3 and pages[0] == pages[1] == pages[2]
     assert pages[0][-1][0] == announced
     assert log.store_reads == 1
+
+
+def test_the_head_check_sees_a_restore_not_appends_that_land_while_it_asks(
+    service: BatchService,
+) -> None:
+    log = SharedLog(service.recorder, service.mapper)
+    busy_workload(service, ManualClock(), batches=5, rounds=60)
+    first = head(service)
+    assert len(log.read(0, 1000)) == first  # the window reaches the head
+
+    def head_while_more_lands() -> int:
+        # The store answers with its head, then an append lands and another follower
+        # reads it: the window moves past the answer before the check compares.
+        answer = head(service)
+        service.execute([RegisterBatch(batch_id="late", correlation_id="late", essay_ids=["e1"])])
+        assert log.read(answer, 1000)
+        return answer
+
+    assert log.check_head(head_while_more_lands) == (first, False)
+    reads, latest = log.store_reads, head(service)
+    assert log.read(first, 1000, latest)[-1].id == latest  # the window was kept:
+    assert log.store_reads == reads  # answered from memory
+    # A store whose head is behind what the window holds (restored): it is dropped.
+    assert log.check_head(lambda: first - 5) == (first - 5, True)
+    reads = log.store_reads
+    log.read(0, 10)
+    assert log.store_reads == reads + 1  # read from the store again

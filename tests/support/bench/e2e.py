@@ -556,13 +556,17 @@ def bench_e2e(
                 # The floor: the same path at a light fixed rate, where nothing queues.
                 await asyncio.sleep(1.0)
                 console.print(f"  light load at {LIGHT_RATE}/s: {len(light.messages):,} commands")
+                meter.start()
                 start = await producer.send(light, LIGHT_RATE)
                 light_done = await wait_done(probe, light, 300)
+                cpu = meter.stop()
                 handled += len(light.messages)
                 out["light"] = {
                     **phase_figures(probe, light, start, light_done),
                     **counted(await counters(by_name, handled), after_paced, len(light.messages)),
                     "offered_rate": LIGHT_RATE,
+                    # mostly what every second costs (fetches, timers) over 200 commands
+                    "cpu_s_per_1000": {k: v * 1000 / len(light.messages) for k, v in cpu.items()},
                 }
                 console.print(
                     f"    p50 {out['light']['slot_p50_ms']:.1f} ms, "
@@ -670,7 +674,7 @@ def bench_keys(sizes: Sizes) -> dict[str, Any]:
             "conflicts_per_1000_by_batch": b["conflicts_per_1000"],
             "slot_p50_ratio": _ratio(f["slot_p50_ms"], b["slot_p50_ms"]),
             "slot_p99_ratio": _ratio(f["slot_p99_ms"], b["slot_p99_ms"]),
-            # the light phase has no CPU figures
+            # (a run without CPU figures in a phase: none)
             **(
                 {
                     "service_cpu_s_per_1000_by_file": _service_cpu(f),
