@@ -62,12 +62,12 @@ def profiled(sizes: Sizes, mode: str) -> dict[str, Any]:
     for old in (ROOT / "var").glob("profile-*.txt"):
         old.unlink()
     r = bench_e2e(sizes, mode, profile="profile")
-    for phase in ("drain", "paced"):
+    for phase in ("drain", "paced", "light"):
         cpu = r[phase]["cpu_s_per_1000"]
         stages = {}
-        files = (ROOT / "var").glob(f"profile-{'paced-' if phase == 'paced' else ''}[0-9]*.txt")
-        for f in sorted(files):
-            name = f.stem.removeprefix("profile-").removeprefix("paced-")
+        infix = "" if phase == "drain" else f"{phase}-"
+        for f in sorted((ROOT / "var").glob(f"profile-{infix}[0-9]*.txt")):
+            name = f.stem.removeprefix("profile-").removeprefix(infix)
             stages[name] = {k: v * cpu.get(name, 0.0) for k, v in breakdown(f).items()}
             console.print(
                 f"  {phase} {name}: {cpu.get(name, 0.0):.3f} core-s per 1,000 commands: "
@@ -89,7 +89,7 @@ def main() -> int:
     p.add_argument(
         "--profile",
         choices=("run", "split"),
-        help="profile that e2e mode with py-spy (one drain + paced run; nothing else)",
+        help="profile that e2e mode with py-spy (one drain, paced and light run; nothing else)",
     )
     args = p.parse_args()
     sizes = QUICK if args.quick else FULL

@@ -41,7 +41,7 @@ created, and a log line says so once.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -172,6 +172,14 @@ class UnpipelinedApplicationRecorder(PostgresApplicationRecorder):
         )
         self._one_statement = True  # False: the function is missing (an older store)
 
+        self._appended: list[Callable[[list[TracedNotification]], None]] = []
+
+    def on_appended(self, callback: Callable[[list[TracedNotification]], None]) -> None:
+        """Call ``callback`` with the notifications of every append this recorder commits
+        (in the appending thread, after the commit; ``shared_log.py`` keeps them, so the
+        followers of the process that appended need not read them back)."""
+        self._appended.append(callback)
+
     @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
     def insert_events(
         self, stored_events: Sequence[StoredEvent], **kwargs: Any
@@ -179,10 +187,18 @@ class UnpipelinedApplicationRecorder(PostgresApplicationRecorder):
         if self.datastore.enable_db_functions:
             ids: Sequence[int] | None = super().insert_events(stored_events, **kwargs)
             return ids
+        appended: Sequence[int] | None = None
         if stored_events and self._one_statement:
             appended = self._append_in_one_statement(stored_events, **kwargs)
-            if appended is not None:
-                return appended
+        if appended is None:
+            appended = self._append_statement_by_statement(stored_events, **kwargs)
+        if appended and self._appended:
+            self._tell_appended(stored_events, appended, kwargs.get("traceparents"))
+        return appended
+
+    def _append_statement_by_statement(
+        self, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
         with (
             self.datastore.get_connection() as conn,
             conn.transaction(),
@@ -197,6 +213,30 @@ class UnpipelinedApplicationRecorder(PostgresApplicationRecorder):
             if ids:
                 curs.execute(self.notify_statement, (f"{self.datastore.schema}:{max(ids)}",))
             return ids
+
+    def _tell_appended(
+        self,
+        stored_events: Sequence[StoredEvent],
+        ids: Sequence[int],
+        traceparents: Traceparents | None,
+    ) -> None:
+        contexts = traceparents or {}
+        notifications = [
+            TracedNotification(
+                id=nid,
+                originator_id=e.originator_id,
+                originator_version=e.originator_version,
+                topic=e.topic,
+                state=e.state,
+                traceparent=contexts.get((e.originator_id, e.originator_version)),
+            )
+            for nid, e in zip(ids, stored_events, strict=True)
+        ]
+        for callback in self._appended:
+            try:
+                callback(notifications)
+            except Exception:  # committed already: a listener's failure is not the append's
+                log.exception("a listener of the event store's appends failed")
 
     def _append_in_one_statement(
         self,

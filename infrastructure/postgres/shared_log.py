@@ -58,6 +58,28 @@ class SharedLog:
         self._events: dict[int, Any] = {}  # decoded, by notification id
         self.store_reads = 0  # reads that went to the store (for tests and metrics)
         self.reads = 0
+        self.pushed = 0  # notifications kept from this process's own appends
+        on_appended = getattr(recorder, "on_appended", None)
+        if on_appended is not None:  # (the project's recorder; the library's has none)
+            on_appended(self.appended)
+
+    def appended(self, notifications: Sequence[Notification]) -> None:
+        """The notifications of an append this process has just committed: kept if they
+        continue the window (or start it), so the followers of this process take them
+        from memory instead of reading them back. One append's ids are consecutive
+        (drawn under the table lock), so ``(first - 1, last]`` holds exactly them; an
+        append that does not continue the window (another process's ids before it, not
+        read yet) is left to the store."""
+        if not notifications:
+            return
+        first = notifications[0].id
+        if [n.id for n in notifications] != list(range(first, first + len(notifications))):
+            return
+        with self._lock:
+            empty = self._low == self._high
+            if empty or first - 1 == self._high:
+                self._keep(first - 1, list(notifications))
+                self.pushed += len(notifications)
 
     # ------------------------------------------------------------------ reading
 

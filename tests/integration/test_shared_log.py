@@ -189,3 +189,33 @@ def test_the_head_check_sees_a_restore_not_appends_that_land_while_it_asks(
     reads = log.store_reads
     log.read(0, 10)
     assert log.store_reads == reads + 1  # read from the store again
+
+
+def test_this_process_s_appends_are_kept_without_a_read_back(
+    test_settings: Settings, service: BatchService
+) -> None:
+    log = SharedLog(service.recorder, service.mapper)
+    busy_workload(service, ManualClock(), batches=10, rounds=200)  # appends of this process
+    last = head(service)
+    page = log.read(0, 1000, last)
+    assert log.store_reads == 0 and log.pushed == last  # every one kept from its append
+    stored = service.recorder.select_notifications(start=0, limit=1000, inclusive_of_start=False)
+    assert fields(page) == fields(stored)  # exactly what the store holds
+    assert [n.traceparent for n in page] == [n.traceparent for n in stored]  # type: ignore[attr-defined]
+    assert log.events(page) == [service.mapper.to_domain_event(n) for n in stored]
+
+    # Another process appends (ids this process has not read), then this one: its append
+    # does not continue the window, so it is not kept, and the read finds both.
+    with Bootstrap(test_settings, clock=ManualClock()) as other:
+        other.service.execute(
+            [RegisterBatch(batch_id="theirs", correlation_id="t", essay_ids=["e1"])]
+        )
+    theirs = head(service)
+    service.execute([RegisterBatch(batch_id="ours", correlation_id="o", essay_ids=["e1"])])
+    assert log.pushed == last  # not kept
+    more = log.read(last, 1000, head(service))
+    assert log.store_reads == 1
+    assert [n.id for n in more] == [theirs, head(service)]
+    assert fields(more) == fields(
+        service.recorder.select_notifications(start=last, limit=1000, inclusive_of_start=False)
+    )

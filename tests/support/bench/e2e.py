@@ -557,9 +557,12 @@ def bench_e2e(
                 await asyncio.sleep(1.0)
                 console.print(f"  light load at {LIGHT_RATE}/s: {len(light.messages):,} commands")
                 meter.start()
+                if profile:
+                    spies[:] = start_profilers(parts, procs, f"{profile}-light", log)
                 start = await producer.send(light, LIGHT_RATE)
                 light_done = await wait_done(probe, light, 300)
                 cpu = meter.stop()
+                stop_profilers(spies)
                 handled += len(light.messages)
                 out["light"] = {
                     **phase_figures(probe, light, start, light_done),
