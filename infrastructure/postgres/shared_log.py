@@ -72,9 +72,9 @@ class SharedLog:
         read yet) is left to the store."""
         if not notifications:
             return
-        first = notifications[0].id
-        if [n.id for n in notifications] != list(range(first, first + len(notifications))):
-            return
+        first = notifications[0].id  # (ascending, as the append returns them)
+        if notifications[-1].id - first != len(notifications) - 1:
+            return  # not one run of consecutive ids
         with self._lock:
             empty = self._low == self._high
             if empty or first - 1 == self._high:
