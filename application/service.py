@@ -135,6 +135,7 @@ class BatchService(Application[UUID]):
         self.backoff_cap_seconds = backoff_cap_seconds
         self.on_conflict = on_conflict
         self._rng = random.Random()
+        self._saved: list[Callable[[Sequence[Recording[UUID]]], None]] = []
         self._open = _LRU(cache_size)
         self._closed = _LRU(
             max(1, cache_size // 10) if closed_cache_size is None else closed_cache_size
@@ -362,8 +363,8 @@ class BatchService(Application[UUID]):
             span.end(end_time=ended)
 
     def save(self, *objs: Any, **kwargs: Any) -> list[Recording[UUID]]:
-        """Append, then snapshot each batch whose append reached a multiple of
-        ``snapshot_interval``.
+        """Append, tell the ``on_saved`` listeners, then snapshot each batch whose append
+        reached a multiple of ``snapshot_interval``.
 
         The library's own snapshotting (``snapshotting_intervals``) re-reads the
         aggregate from the store to snapshot it, a cost that grows with the
@@ -371,6 +372,8 @@ class BatchService(Application[UUID]):
         snapshotted as it is, at its new version.
         """
         recordings = super().save(*objs, **kwargs)
+        for callback in self._saved:
+            callback(recordings)
         if self.snapshots is None:
             return recordings
         crossed = {
@@ -389,6 +392,13 @@ class BatchService(Application[UUID]):
                     [(s.originator_id, s.originator_version) for s in snapshots],
                 )
         return recordings
+
+    def on_saved(self, callback: Callable[[Sequence[Recording[UUID]]], None]) -> None:
+        """Call ``callback`` with the recordings (each domain event and its notification)
+        of every append this service commits, in the appending thread, right after it.
+        It must not raise: the append is committed (the followers' shared log keeps the
+        events, so they need not decode what was just encoded)."""
+        self._saved.append(callback)
 
     def _checkout(
         self, batch_id: str, commands: Sequence[AnyCommand], fresh: bool = False

@@ -28,6 +28,14 @@ again): a follower that finds the store behind what it has read calls
 that contradicts the window (another event under an id it holds) empties it.
 Decoded events are shared too (the library's events are frozen dataclasses;
 no follower changes them). Thread-safe: followers read from worker threads.
+
+This process's own appends are neither read back nor decoded: the recorder
+hands the window the notifications of every append it commits (``appended``),
+and the service the domain events it has just saved (``saved``), which are
+the events a decode of those rows returns (equal field by field, checked in
+``tests/integration/test_shared_log.py``). A read that the window can answer
+is answered in the caller's thread (``cached``): a follower on the event loop
+hops to a worker thread only when the store must be asked.
 """
 
 from __future__ import annotations
@@ -59,9 +67,29 @@ class SharedLog:
         self.store_reads = 0  # reads that went to the store (for tests and metrics)
         self.reads = 0
         self.pushed = 0  # notifications kept from this process's own appends
+        self.adopted = 0  # decoded events kept from this process's own saves
         on_appended = getattr(recorder, "on_appended", None)
         if on_appended is not None:  # (the project's recorder; the library's has none)
             on_appended(self.appended)
+
+    def saved(self, recordings: Sequence[Any]) -> None:
+        """The domain events of an append this process has just committed (the service's
+        recordings): kept as the decoded events of the notifications the window holds,
+        so no follower decodes what the worker has just encoded. A recording whose id
+        the window does not hold (not kept by ``appended``), or holds for another event
+        (the store restored meanwhile), is ignored: it is decoded when read."""
+        with self._lock:
+            for recording in recordings:
+                event, nid = recording.domain_event, recording.notification.id
+                row = self._rows.get(nid)
+                if (
+                    row is not None
+                    and nid not in self._events
+                    and row.originator_id == event.originator_id
+                    and row.originator_version == event.originator_version
+                ):
+                    self._events[nid] = event
+                    self.adopted += 1
 
     def appended(self, notifications: Sequence[Notification]) -> None:
         """The notifications of an append this process has just committed: kept if they
@@ -83,6 +111,28 @@ class SharedLog:
 
     # ------------------------------------------------------------------ reading
 
+    def cached(
+        self, after: int | None, limit: int, announced: int | None = None
+    ) -> Sequence[Notification] | None:
+        """What ``read`` returns, if the window can say it without the store (None: it
+        cannot). Never blocks on I/O: the event loop may call it."""
+        with self._lock:
+            page = self._answer(after or 0, limit, announced)
+            if page is not None:
+                self.reads += 1
+            return page
+
+    def _answer(
+        self, after: int, limit: int, announced: int | None
+    ) -> list[Notification] | None:
+        """The window's answer to a read (the lock held), or None: ask the store."""
+        cached = self._after(after, limit)
+        if cached is not None and (
+            len(cached) == limit or (announced is not None and self._high >= announced)
+        ):
+            return cached
+        return None
+
     def read(
         self, after: int | None, limit: int, announced: int | None = None
     ) -> Sequence[Notification]:
@@ -98,11 +148,10 @@ class SharedLog:
             self.reads += 1
         while True:
             with self._lock:
+                answer = self._answer(after, limit, announced)
+                if answer is not None:
+                    return answer
                 cached = self._after(after, limit)
-                if cached is not None and (
-                    len(cached) == limit or (announced is not None and self._high >= announced)
-                ):
-                    return cached
                 # The window has everything up to its high end: read only what follows.
                 start = self._high if cached is not None else after
                 running = self._inflight.get(start)
@@ -229,4 +278,7 @@ def shared_log(app: Any) -> SharedLog:
         log = _LOGS.get(app)
         if log is None:
             log = _LOGS[app] = SharedLog(app.recorder, app.mapper)
+            on_saved = getattr(app, "on_saved", None)
+            if on_saved is not None:  # (BatchService: the events of its own appends)
+                on_saved(log.saved)
         return log

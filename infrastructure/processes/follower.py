@@ -11,7 +11,8 @@ failure (``failed``). ``follow`` does the rest, the same way for all of them:
   that fills later), apply it, and read again at once while pages come full;
   the page comes from the process's ``SharedLog``
   (``infrastructure/postgres/shared_log.py``): followers of one process read
-  and decode each page once between them;
+  and decode each page once between them, and a page it holds is taken in
+  the event loop, without a thread hop;
 - caught up: wait for PostgreSQL NOTIFY on the events table's channel (the
   recorder notifies in every append, with the last id it stored), or
   ``idle_timeout`` at most, then read again; a NOTIFY of ids this loop has
@@ -115,7 +116,9 @@ async def follow(
             try:
                 await acheck_fence()
                 after = await follower.read_after()
-                page = await asyncio.to_thread(log.read, after, page_size, announced)
+                page = log.cached(after, page_size, announced)  # (memory: no thread hop)
+                if page is None:
+                    page = await asyncio.to_thread(log.read, after, page_size, announced)
                 announced = None
                 if page:
                     await follower.handle(page, after)

@@ -12,13 +12,17 @@ from typing import Any
 import psycopg
 import pytest
 
-from application.commands import RegisterBatch
+from application.commands import ExpirePending, ProvisionContent, RegisterBatch, TimeOutBatch
 from application.service import BatchService
 from infrastructure.bootstrap import Bootstrap
 from infrastructure.postgres.listen import Listener
-from infrastructure.postgres.shared_log import SharedLog
+from infrastructure.postgres.shared_log import SharedLog, shared_log
 from infrastructure.postgres.store import conninfo
 from infrastructure.settings import Settings
+from projections.due_index import due_change_of
+from projections.envelope import DATA_FIELDS, envelope_of
+from projections.huleedu import Completion, HuleEduTopics, huleedu_messages, needs_completion
+from projections.slot_view import change_of
 from tests.conftest import ManualClock, make_settings
 from tests.integration.slot_support import busy_workload, head
 
@@ -219,3 +223,100 @@ def test_this_process_s_appends_are_kept_without_a_read_back(
     assert fields(more) == fields(
         service.recorder.select_notifications(start=last, limit=1000, inclusive_of_start=False)
     )
+
+
+class _NoDecoding:
+    """A mapper that refuses to decode: what the window is asked for must be in it."""
+
+    def to_domain_event(self, notification: Any) -> Any:
+        raise AssertionError(f"notification {notification.id} was decoded")
+
+
+def test_this_process_s_saved_events_are_taken_as_they_were_saved_not_decoded(
+    service: BatchService,
+) -> None:
+    log = shared_log(service)  # (the process's log: told of every save of the service)
+    clock = service.clock
+    assert isinstance(clock, ManualClock)
+    busy_workload(service, clock, batches=10, rounds=400)
+    service.execute(
+        [
+            ProvisionContent(
+                batch_id="never",
+                correlation_id="n1",
+                text_storage_id="t",
+                file_upload_id="f",
+                original_file_name="late.txt",
+            ),
+            RegisterBatch(
+                batch_id="open",
+                correlation_id="o1",
+                essay_ids=["e1", "e2"],
+                course_code="ENG5",
+                user_id="u1",
+            ),
+        ]
+    )
+    clock.advance(2 * 86400)
+    service.execute(
+        [
+            ExpirePending(batch_id="never", correlation_id="n2"),
+            TimeOutBatch(batch_id="open", correlation_id="o2"),
+        ]
+    )
+    last = head(service)
+    page = log.read(0, 1000, last)
+    assert log.store_reads == 0 and log.adopted == last == len(page)
+    decoded = [service.mapper.to_domain_event(n) for n in page]
+    log.mapper = _NoDecoding()  # type: ignore[assignment]
+    kept = log.events(page)
+    assert {type(e).__name__ for e in kept} == set(DATA_FIELDS)
+    # The events as saved, read after every later decision on their batches, are the
+    # stored facts: equal to a decode, and mapped alike by every follower.
+    assert kept == decoded
+    announced = 0
+    registrations = {e.originator_id: e for e in decoded if type(e).__name__ == "BatchRegistered"}
+    for saved, stored in zip(kept, decoded, strict=True):
+        assert envelope_of(saved, "s") == envelope_of(stored, "s")
+        assert change_of(saved) == change_of(stored)
+        assert due_change_of(saved) == due_change_of(stored)
+        registration = registrations.get(saved.originator_id)
+        if needs_completion(saved) and not getattr(registration, "user_id", None):
+            continue  # (registered without an owner: HuleEdu is told nothing)
+        announced += needs_completion(saved)
+        completions = [
+            Completion(registration, [e]) if needs_completion(e) else None for e in (saved, stored)
+        ]
+        assert huleedu_messages(saved, HuleEduTopics(), "s", None, completions[0]) == (
+            huleedu_messages(stored, HuleEduTopics(), "s", None, completions[1])
+        )
+    assert announced == 1
+
+
+def test_saved_events_of_ids_the_window_does_not_hold_are_decoded_when_read(
+    test_settings: Settings, service: BatchService
+) -> None:
+    log = shared_log(service)
+    service.execute([RegisterBatch(batch_id="ours", correlation_id="o", essay_ids=["e1"])])
+    with Bootstrap(test_settings, clock=ManualClock()) as other:  # ids this one has not read
+        other.service.execute(
+            [RegisterBatch(batch_id="theirs", correlation_id="t", essay_ids=["e1"])]
+        )
+    service.execute([RegisterBatch(batch_id="later", correlation_id="l", essay_ids=["e1"])])
+    assert log.adopted == 1  # the append after theirs did not continue the window
+    page = log.read(0, 10, head(service))
+    assert [e.batch_id for e in log.events(page)] == ["ours", "theirs", "later"]
+    assert log.events(page) == [service.mapper.to_domain_event(n) for n in page]
+
+
+def test_the_window_answers_what_it_holds_without_the_store(service: BatchService) -> None:
+    busy_workload(service, ManualClock(), batches=10, rounds=200)
+    last = head(service)
+    log = SharedLog(service.recorder, service.mapper)
+    assert log.cached(0, 50, last) is None  # nothing held yet: ask the store
+    page = log.read(0, 50, last)
+    assert log.store_reads == 1
+    assert log.cached(0, 50, last) == page  # held: answered from memory
+    assert log.cached(page[5].id, 10, last) == page[6:16]
+    assert log.cached(page[-1].id, 50) is None  # after the window, nothing announced
+    assert log.store_reads == 1
