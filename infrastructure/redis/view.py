@@ -239,13 +239,7 @@ class RedisSlotView(TrackingRecorder):
         results: list[Any] = [None] * len(calls)
         try:
             for client, replicas, indexes in self._groups(calls):
-                pipe = client.pipeline(transaction=False)
-                for i in indexes:
-                    script, keys, args = calls[i]
-                    script(keys=keys, args=args, client=pipe)
-                if replicas:
-                    pipe.wait(replicas, self.replica_wait_ms)
-                found = pipe.execute()
+                found = self._pipelined(client, [calls[i] for i in indexes], replicas)
                 for i, result in zip(indexes, found, strict=False):
                     results[i] = result
                 if replicas and int(found[-1]) < replicas:
@@ -256,6 +250,35 @@ class RedisSlotView(TrackingRecorder):
                     cast(RedisCluster, self.client).nodes_manager.initialize()
             raise
         return results
+
+    def _pipelined(self, client: redis.Redis, calls: Sequence[Call], replicas: int) -> list[Any]:
+        """One server's calls in one pipeline, each script by its SHA (EVALSHA): one round
+        trip per page. (redis-py's own script calls in a pipeline first ask SCRIPT EXISTS,
+        a round trip more per page.) A server that lacks a script (restarted, flushed, a
+        replica promoted) answers NOSCRIPT to the calls of it: the scripts are loaded
+        and exactly those calls sent again, so no call runs twice."""
+        found = self._send(client, calls, replicas)
+        missing = [i for i, r in enumerate(found[: len(calls)]) if _no_script(r)]
+        if missing:
+            for script in {id(script): script for script, _, _ in calls}.values():
+                client.script_load(script.script)
+            again = self._send(client, [calls[i] for i in missing], replicas)
+            for i, result in zip(missing, again, strict=False):
+                found[i] = result
+            if replicas:
+                found[-1] = again[-1]  # the WAIT that covers the calls sent again
+        for result in found:
+            if isinstance(result, Exception):
+                raise result
+        return found
+
+    def _send(self, client: redis.Redis, calls: Sequence[Call], replicas: int) -> list[Any]:
+        pipe = client.pipeline(transaction=False)
+        for script, keys, args in calls:
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+        if replicas:
+            pipe.wait(replicas, self.replica_wait_ms)
+        return pipe.execute(raise_on_error=False)
 
     def _groups(self, calls: Sequence[Call]) -> list[tuple[redis.Redis, int, list[int]]]:
         """(server's client, replicas to wait for, indexes of its calls) per server."""
@@ -301,6 +324,10 @@ class RedisSlotView(TrackingRecorder):
                 where,
                 self.replica_wait_ms,
             )
+
+
+def _no_script(result: Any) -> bool:
+    return isinstance(result, redis.exceptions.NoScriptError)
 
 
 def _pairs(flat: list[str]) -> dict[str, str]:

@@ -135,6 +135,34 @@ def test_a_flushed_read_model_is_noticed_on_the_next_event(
         running.stop()
 
 
+class _CountedView(RedisSlotView):
+    """The real view, counting how often the projector reads its position."""
+
+    reads = 0
+
+    def position(self) -> int | None:
+        self.reads += 1
+        return super().position()
+
+
+def test_a_steady_stream_reads_the_position_only_when_idle(
+    test_settings: Settings, clocked: BatchService
+) -> None:
+    view = _CountedView(connect(test_settings), test_settings.redis_key_prefix)
+    running = ProjectorThread(test_settings, service=clocked, view=view, watchdog_seconds=3600)
+    running.start()
+    try:
+        for i in range(30):  # thirty appends, each projected before the next
+            clocked.execute([RegisterBatch(batch_id=f"s{i}", correlation_id="c", essay_ids=["e"])])
+            running.wait_for(head(clocked))
+        # Each page's write checks the position itself: none is read after a page (the
+        # start reads it once; before, it was read each time the projector caught up).
+        assert view.reads <= 2
+    finally:
+        running.stop()
+        view.close()
+
+
 def test_projector_run_blocks_until_stopped(
     test_settings: Settings, clocked: BatchService, clock: ManualClock, view: RedisSlotView
 ) -> None:

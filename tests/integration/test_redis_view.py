@@ -149,6 +149,37 @@ def test_a_lost_position_is_noticed_on_the_next_write(
     assert view_models(view, ["late"]) == expected_models(clocked, ["late"])
 
 
+def _script_calls(view: RedisSlotView, subcommand: str) -> int:
+    """How often every server of the view has run ``SCRIPT <subcommand>``."""
+    return sum(
+        int(c.info("commandstats").get(f"cmdstat_script|{subcommand}", {}).get("calls", 0))
+        for c in node_clients(view.client)
+    )
+
+
+def test_a_page_is_one_pipeline_and_a_server_that_lost_the_scripts_is_given_them(
+    clocked: BatchService, clock: ManualClock, view: RedisSlotView
+) -> None:
+    ids = busy_workload(clocked, clock, batches=12, rounds=300)
+    asked = _script_calls(view, "exists")
+    position = replay(clocked, view)
+    assert _script_calls(view, "exists") == asked  # no SCRIPT EXISTS round trip per page
+    for client in node_clients(view.client):
+        client.script_flush()  # (a restarted server, or a replica promoted)
+    loaded = _script_calls(view, "load")
+    ids.append("late")
+    clocked.execute([RegisterBatch(batch_id="late", correlation_id="c", essay_ids=["e1"])])
+    clocked.execute([RegisterBatch(batch_id=ids[0], correlation_id="d", essay_ids=["x1"])])
+    fresh = clocked.recorder.select_notifications(
+        start=position, limit=10, inclusive_of_start=False
+    )
+    events = [(clocked.mapper.to_domain_event(n), Tracking(clocked.name, n.id)) for n in fresh]
+    assert view.apply(events, position) == head(clocked)
+    assert _script_calls(view, "load") > loaded  # loaded again where they were missing
+    assert view.position() == head(clocked)
+    assert view_models(view, ids) == expected_models(clocked, ids)
+
+
 def test_batch_ids_lists_exactly_this_prefixes_batches(
     clocked: BatchService, clock: ManualClock, view: RedisSlotView
 ) -> None:
@@ -206,9 +237,9 @@ def test_redis_cluster_true_with_a_plain_url_reaches_every_primary(
     view = RedisSlotView.from_settings(s)
     try:
         assert view.cluster
-        assert sorted(c.connection_pool.connection_kwargs["port"] for c in node_clients(
-            view.client
-        )) == sorted(redis_cluster.primaries())
+        assert sorted(
+            c.connection_pool.connection_kwargs["port"] for c in node_clients(view.client)
+        ) == sorted(redis_cluster.primaries())
         view.advance_position(7)
         assert view.position() == 7
     finally:
