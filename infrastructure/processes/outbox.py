@@ -451,8 +451,13 @@ class Outbox:
             await self._send_isolated(producer, items, progress)
             return
         by_partition: dict[tuple[str, int], list[tuple[int, OutboundMessage]]] = {}
+        partitions: dict[str, list[int]] = {}  # each topic's, asked once per page
         for item in items:
-            by_partition.setdefault(await self._destination(producer, item[1]), []).append(item)
+            topic = item[1].topic or self.topic
+            if topic not in partitions:
+                partitions[topic] = await self._partitions(producer, topic)
+            chosen = self._partitioner(item[1].key, partitions[topic], partitions[topic])
+            by_partition.setdefault((topic, chosen), []).append(item)
         results = await asyncio.gather(
             *(
                 self._send_partition(producer, topic, p, part, progress)
@@ -467,8 +472,12 @@ class Outbox:
     async def _destination(self, producer: Any, m: OutboundMessage) -> tuple[str, int]:
         """The record's topic and partition (by key, as Kafka's default partitioner)."""
         topic = m.topic or self.topic
-        partitions = sorted(await producer.partitions_for(topic))
+        partitions = await self._partitions(producer, topic)
         return topic, self._partitioner(m.key, partitions, partitions)
+
+    @staticmethod
+    async def _partitions(producer: Any, topic: str) -> list[int]:
+        return sorted(await producer.partitions_for(topic))
 
     def _check_size(self, m: OutboundMessage) -> None:
         """The producer's own limit (aiokafka checks it in send(), not in send_batch())."""

@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -273,9 +274,9 @@ class Worker:
                     sources.append((message, span))
                     contexts.append(ctx)
             results = await self._execute(commands, contexts, stop)
+            counts: Counter[tuple[str, str, str]] = Counter()
             for (message, span), result, ctx in zip(sources, results, contexts, strict=True):
-                with command_context(result.command):
-                    self._count(message.topic, result)
+                counts[(message.topic, type(result.command).__name__, result.outcome)] += 1
                 observe_recorded(message, result)
                 if span is not None:
                     span.set_attribute("batch_slot.outcome", result.outcome)
@@ -283,6 +284,7 @@ class Worker:
                     reason = result.reason or "REJECTED"
                     _dead_lettered(span, reason)
                     dead.append(DeadLetter(message, reason, result.detail or "", _tp(span, ctx)))
+            _count(counts, results)
             await send_dead_letters(producer, self.settings.topics.dlq, dead, stop)
             await self._commit(consumer, records)
         self.handled, self.in_hand = self.handled + self.in_hand, 0
@@ -437,20 +439,28 @@ class Worker:
             self._uncommitted = {**offsets, **self._uncommitted}
             raise
 
-    @staticmethod
-    def _count(topic: str, result: Result) -> None:
-        metrics.MESSAGES.labels(topic, result.outcome).inc()
-        metrics.COMMANDS.labels(type(result.command).__name__, result.outcome).inc()
-        log.debug(
-            "command",
-            extra={
-                "correlation_id": result.command.correlation_id,
-                "batch_id": result.command.batch_id,
-                "command": type(result.command).__name__,
-                "outcome": result.outcome,
-                "reason": result.reason,
-            },
-        )
+
+
+def _count(counts: Counter[tuple[str, str, str]], results: Sequence[Result]) -> None:
+    """A poll's outcomes on the counters (one increment per topic, command and outcome,
+    not one per message), and each command in the debug log when that is on."""
+    for (topic, command, outcome), n in counts.items():
+        metrics.MESSAGES.labels(topic, outcome).inc(n)
+        metrics.COMMANDS.labels(command, outcome).inc(n)
+    if not log.isEnabledFor(logging.DEBUG):
+        return
+    for result in results:
+        with command_context(result.command):
+            log.debug(
+                "command",
+                extra={
+                    "correlation_id": result.command.correlation_id,
+                    "batch_id": result.command.batch_id,
+                    "command": type(result.command).__name__,
+                    "outcome": result.outcome,
+                    "reason": result.reason,
+                },
+            )
 
 
 def _dead_lettered(span: Span | None, reason: str) -> None:
