@@ -34,7 +34,7 @@ from application.service import BatchService, utc_now
 from infrastructure.kafka.clients import KafkaClients
 from infrastructure.postgres.due_index import DUE_TABLE, DueIndex
 from infrastructure.postgres.due_index import TRACKING_TABLE as DUE_TRACKING_TABLE
-from infrastructure.postgres.listen import Listener
+from infrastructure.postgres.listen import Listener, SharedListener, Subscription
 from infrastructure.postgres.snapshots import prune_snapshots
 from infrastructure.postgres.store import (
     ddl_lock,
@@ -75,6 +75,7 @@ class Bootstrap:
         self._view = view
         self._tracing = tracing
         self._due_index: DueIndex | None = None
+        self._listeners: SharedListener | None = None
         self._service_options = service_options
         self._closers: list[Callable[[], None]] = []
         self.kafka = KafkaClients(settings)
@@ -209,9 +210,13 @@ class Bootstrap:
         else:
             require_store(self.settings, OUTBOX_TABLES)
 
-    def listener(self) -> Listener:
-        """A new LISTEN connection on the events table's channel (its follower closes it)."""
-        return Listener(self.settings, self.service.recorder.channel_name)  # type: ignore[attr-defined]
+    def listener(self) -> Subscription:
+        """A follower's wake-ups: a new subscription to the container's one LISTEN
+        connection on the events table's channel (its follower closes it)."""
+        if self._listeners is None:
+            channel: str = self.service.recorder.channel_name  # type: ignore[attr-defined]
+            self._listeners = SharedListener(lambda: Listener(self.settings, channel))
+        return self._listeners.subscribe()
 
     # ----------------------------------------------------------- processes
 
@@ -232,7 +237,12 @@ class Bootstrap:
 
         self._outbox_tables()  # the store's set-up: the outbox itself creates nothing
         return Outbox(
-            self.settings, self.service, kafka=self.kafka, tracing=self.tracing, **options
+            self.settings,
+            self.service,
+            kafka=self.kafka,
+            tracing=self.tracing,
+            listener=self.listener,
+            **options,
         )
 
     def worker(self, **options: Any) -> Worker:

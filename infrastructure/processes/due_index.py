@@ -20,7 +20,7 @@ from eventsourcing.persistence import IntegrityError, Notification
 
 from infrastructure import metrics
 from infrastructure.postgres.due_index import DueIndex
-from infrastructure.postgres.listen import Listener
+from infrastructure.postgres.listen import Subscription
 from infrastructure.postgres.shared_log import shared_log
 from infrastructure.processes.follower import follow
 from infrastructure.transient import is_transient
@@ -41,7 +41,7 @@ class DueIndexFollower:
         self,
         app: Any,
         index: DueIndex,
-        listener: Listener,
+        listener: Subscription,
         *,
         page_size: int = 500,
         idle_timeout: float = 5.0,

@@ -14,8 +14,10 @@ failure (``failed``). ``follow`` does the rest, the same way for all of them:
   and decode each page once between them, and a page it holds is taken in
   the event loop, without a thread hop;
 - caught up: wait for PostgreSQL NOTIFY on the events table's channel (the
-  recorder notifies in every append, with the last id it stored), or
-  ``idle_timeout`` at most, then read again; a NOTIFY of ids this loop has
+  recorder notifies in every append, with the last id it stored; the
+  followers of a process share one LISTEN connection, ``SharedListener`` in
+  ``infrastructure/postgres/listen.py``), or ``idle_timeout`` at most, then
+  read again; a NOTIFY of ids this loop has
   already read (the page it just read held them) or of another schema's
   appends is waited past without a read, never a missed event;
 - a failure goes to the follower, which raises it (the loop ends) or asks
@@ -41,7 +43,7 @@ from typing import Protocol
 from eventsourcing.persistence import Notification
 
 from infrastructure.postgres.lease import LeaseLost
-from infrastructure.postgres.listen import Listener
+from infrastructure.postgres.listen import Subscription
 from infrastructure.postgres.shared_log import SharedLog
 
 
@@ -99,7 +101,7 @@ class Follower(Protocol):
 async def follow(
     follower: Follower,
     log: SharedLog,
-    wake: Listener,
+    wake: Subscription,
     stop: asyncio.Event,
     *,
     page_size: int,
@@ -108,9 +110,12 @@ async def follow(
     nudge: asyncio.Event | None = None,
 ) -> None:
     """Run ``follower`` until ``stop`` is set (or it raises); closes ``wake`` at the end.
-    Setting ``nudge`` ends a wait at once (the follower has something to check)."""
+    A wait ends at once when ``nudge`` is set and ``wake`` rung (the follower has
+    something to check: whoever sets it rings)."""
     delay = backoff[0]
     announced: int | None = None  # the highest id the last wake-up's NOTIFY named
+    # ``stop`` rings the subscription: a wait is one await, not a task per wait.
+    stopping = asyncio.ensure_future(_ring_when_set(stop, wake))
     try:
         while not stop.is_set():
             try:
@@ -135,52 +140,43 @@ async def follow(
                         await asyncio.wait_for(stop.wait(), delay)
                     delay = min(delay * 2, backoff[1])
     finally:
+        stopping.cancel()
+        await asyncio.gather(stopping, return_exceptions=True)
         await wake.close()
+
+
+async def _ring_when_set(event: asyncio.Event, wake: Subscription) -> None:
+    await event.wait()
+    wake.ring(None)
 
 
 async def _wait_for_more(
     read_to: int,
-    wake: Listener,
+    wake: Subscription,
     stop: asyncio.Event,
     timeout: float,
     nudge: asyncio.Event | None = None,
 ) -> int | None:
-    """Wait until an append may hold ids after ``read_to`` (or ``timeout``, or ``stop``);
-    return the highest id announced (None: not known, read anyway).
+    """Wait until an append may hold ids after ``read_to`` (or ``timeout``, or ``stop``,
+    or ``nudge``); return the highest id announced (None: not known, read anyway).
 
     Each wake-up's NOTIFY says the highest id it announces: at most ``read_to`` (the
     last page already held those ids) or 0 (another schema's appends) is waited past.
     """
     deadline = asyncio.get_running_loop().time() + timeout
     while not stop.is_set():
-        left = deadline - asyncio.get_running_loop().time()
-        if left <= 0:
-            return None
         if nudge is not None and nudge.is_set():
             nudge.clear()
             return None
-        heard = await _first(wake.wait(left), stop, *([nudge] if nudge is not None else []))
+        left = deadline - asyncio.get_running_loop().time()
+        if left <= 0:
+            return None
+        heard = await wake.wait(left)
         if heard is None or heard > read_to:
             if nudge is not None:
                 nudge.clear()
             return heard
     return None
-
-
-async def _first(waiting: Awaitable[int | None], *events: asyncio.Event) -> int | None:
-    """What ``waiting`` returns, or None as soon as one of ``events`` is set (it is then
-    cancelled)."""
-    task = asyncio.ensure_future(waiting)
-    others = [asyncio.ensure_future(e.wait()) for e in events]
-    try:
-        await asyncio.wait((task, *others), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for t in (task, *others):
-            t.cancel()
-        await asyncio.gather(task, *others, return_exceptions=True)
-    if task.cancelled() or task.exception() is not None:
-        return None
-    return task.result()
 
 
 def run_blocking(main: Callable[[asyncio.Event], Awaitable[None]], stop: threading.Event) -> None:

@@ -58,7 +58,7 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 from uuid import UUID
 
@@ -79,7 +79,7 @@ from infrastructure import metrics
 from infrastructure.kafka.clients import KafkaClients, producer_kwargs
 from infrastructure.postgres import timeouts as pg_timeouts
 from infrastructure.postgres.completions import CompletionFacts
-from infrastructure.postgres.listen import Listener
+from infrastructure.postgres.listen import Listener, SharedListener, Subscription
 from infrastructure.postgres.parking import PARKED_TABLE, ParkingLot
 from infrastructure.postgres.recorder import traceparent_of_notification
 from infrastructure.postgres.shared_log import shared_log
@@ -161,6 +161,7 @@ class Outbox:
         parked_retry_seconds: float = 30.0,
         kafka: KafkaClients | None = None,
         tracing: Tracing | None = None,
+        listener: Callable[[], Subscription] | None = None,
     ) -> None:
         if not isinstance(app.recorder, PostgresApplicationRecorder):
             raise TypeError("the outbox needs the PostgreSQL event store")
@@ -211,7 +212,11 @@ class Outbox:
         )
         self._next_parked_retry = 0.0
         self.published: int | None = None  # last position recorded (for the stall watchdog)
-        self._listener: Listener | None = None
+        # Its wake-ups: the process's shared LISTEN (the container's), or one of its own.
+        self._new_listener = listener or SharedListener(
+            lambda: Listener(self.settings, self._events.channel_name)
+        ).subscribe
+        self._listener: Subscription | None = None
         # Under its lease this loop alone moves the position and parks (nobody else
         # writes them): it keeps both in memory between pages (None: read them).
         self._known: int | None = None  # the position after the last page published
@@ -400,6 +405,8 @@ class Outbox:
     def _write_failed(self) -> None:
         if self._nudge is not None:
             self._nudge.set()
+            if self._listener is not None:
+                self._listener.ring(None)  # (ends a wait at once)
 
     async def _checkpoint(self, progress: _Progress, *, final: bool = False) -> None:
         """Record the acknowledged prefix, in the background (``PositionWriter``): every
@@ -631,14 +638,14 @@ class Outbox:
         by KAFKA_REQUEST_TIMEOUT_MS, after which the producer is reopened)."""
         pg_timeouts.recycle()
         if self._listener is not None:
-            await self._listener.close()
+            await self._listener.recycle()
 
     # --------------------------------------------------------------- loop
 
     async def run(self, stop: asyncio.Event) -> None:
         """Publish until ``stop`` is set: the shared follower loop (wake on NOTIFY,
         retry failures with backoff)."""
-        listener = self._listener = Listener(self.settings, self._events.channel_name)
+        listener = self._listener = self._new_listener()
         self._known = self._parked = None  # (a new lease: another instance may have led)
         self._nudge = asyncio.Event()
         self.published = await asyncio.to_thread(self.position)

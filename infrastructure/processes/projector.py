@@ -35,7 +35,7 @@ from application.service import BatchService
 from application.tracing import context_of
 from infrastructure import metrics
 from infrastructure.postgres import timeouts as pg_timeouts
-from infrastructure.postgres.listen import Listener
+from infrastructure.postgres.listen import Subscription
 from infrastructure.postgres.recorder import traceparent_of_notification
 from infrastructure.postgres.shared_log import shared_log
 from infrastructure.postgres.store import StoreMissing
@@ -64,8 +64,9 @@ class Projector:
     """Keeps the Redis slot view up to date (a ``Follower``).
 
     Built by ``Bootstrap.projector()``, which hands it its collaborators: the
-    service (the store), the view, and ``listener`` (a new LISTEN connection
-    on the events table's channel, one per ``serve``); it closes none of them.
+    service (the store), the view, and ``listener`` (a new subscription to the
+    process's LISTEN on the events table's channel, one per ``serve``); it
+    closes none of them.
     ``serve(stop)`` runs it on the caller's event loop, ``run(stop)`` in this
     thread (blocking).
     """
@@ -76,7 +77,7 @@ class Projector:
         *,
         service: BatchService,
         view: RedisSlotView,
-        listener: Callable[[], Listener],
+        listener: Callable[[], Subscription],
         page_size: int = 500,
         watchdog_seconds: float = 0.5,
         ahead_check_seconds: float = 5.0,
@@ -89,10 +90,10 @@ class Projector:
         self.tracer = (tracing or Tracing.off()).tracer
         self.service = service
         self.view = view
-        self._new_listener = listener  # a new LISTEN connection each serve (closed by follow)
+        self._new_listener = listener  # a new subscription each serve (closed by follow)
         self.page_size, self.watchdog_seconds = page_size, watchdog_seconds
         self.replays = 0  # times the position was lost and the log replayed from 0
-        self._listener: Listener | None = None
+        self._listener: Subscription | None = None
         self._after: int | None = None  # the position this projector last wrote
         self._restart = True  # (re)read the position from Redis before the next page
         self._from_zero = False  # replay the whole log (the position was lost)
@@ -128,7 +129,7 @@ class Projector:
         pg_timeouts.recycle()
         self.view.disconnect()
         if self._listener is not None:
-            await self._listener.close()
+            await self._listener.recycle()
 
     # ------------------------------------------------------------ Follower
 

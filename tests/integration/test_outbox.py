@@ -220,10 +220,10 @@ def test_crash_between_publish_and_tracking_republishes_only_that_page(
 
 
 class _IdleSignal(Listener):
-    """The real LISTEN, telling the test when the outbox waits on it, idle.
+    """The real LISTEN, telling the test when it is listening.
 
-    Its first ``wait`` connects and LISTENs and returns at once; the outbox then
-    reads once more, and every later ``wait`` is an idle one.
+    Its first call connects and LISTENs and returns at once; every later one
+    waits for a NOTIFY.
     """
 
     idle: asyncio.Event
@@ -232,11 +232,11 @@ class _IdleSignal(Listener):
         super().__init__(*args)
         self.calls = 0
 
-    async def wait(self, timeout: float) -> None:
+    async def heard(self, timeout: float) -> tuple[bool, int | None]:
         self.calls += 1
         if self.calls > 1:
             type(self).idle.set()
-        await super().wait(timeout)
+        return await super().heard(timeout)
 
 
 def test_run_wakes_on_notify_and_catches_up(
@@ -250,7 +250,7 @@ def test_run_wakes_on_notify_and_catches_up(
     async def body() -> None:
         _IdleSignal.idle = asyncio.Event()
         await until(lambda: outbox.lag() == 0)
-        await asyncio.wait_for(_IdleSignal.idle.wait(), 20)  # now idle, waiting on LISTEN
+        await asyncio.wait_for(_IdleSignal.idle.wait(), 20)  # now idle, LISTEN in place
         await asyncio.to_thread(busy_workload, service, 2)
         # Well within the 60 s idle timeout: only the NOTIFY can have woken it.
         await until(lambda: outbox.lag() == 0, timeout=20)

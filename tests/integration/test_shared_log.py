@@ -15,7 +15,7 @@ import pytest
 from application.commands import ExpirePending, ProvisionContent, RegisterBatch, TimeOutBatch
 from application.service import BatchService
 from infrastructure.bootstrap import Bootstrap
-from infrastructure.postgres.listen import Listener
+from infrastructure.postgres.listen import Listener, SharedListener
 from infrastructure.postgres.shared_log import SharedLog, shared_log
 from infrastructure.postgres.store import conninfo
 from infrastructure.settings import Settings
@@ -25,6 +25,7 @@ from projections.huleedu import Completion, HuleEduTopics, huleedu_messages, nee
 from projections.slot_view import change_of
 from tests.conftest import ManualClock, make_settings
 from tests.integration.slot_support import busy_workload, head
+from tests.support.poll import eventually
 
 
 @pytest.fixture
@@ -320,3 +321,61 @@ def test_the_window_answers_what_it_holds_without_the_store(service: BatchServic
     assert log.cached(page[5].id, 10, last) == page[6:16]
     assert log.cached(page[-1].id, 50) is None  # after the window, nothing announced
     assert log.store_reads == 1
+
+
+def test_the_followers_of_a_process_share_one_listen_connection(
+    test_settings: Settings, service: BatchService
+) -> None:
+    channel = service.recorder.channel_name
+    built: list[Listener] = []
+
+    def connect() -> Listener:
+        built.append(Listener(test_settings, channel))
+        return built[-1]
+
+    def backend() -> int:
+        conn = built[-1]._conn
+        assert conn is not None
+        return int(conn.info.backend_pid)
+
+    def alive(pid: int) -> bool:
+        with psycopg.connect(**conninfo(test_settings), autocommit=True) as conn:
+            return bool(
+                conn.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone()
+            )
+
+    def append(batch_id: str) -> None:
+        service.execute([RegisterBatch(batch_id=batch_id, correlation_id="c", essay_ids=["e"])])
+
+    async def scenario() -> None:
+        shared = SharedListener(connect)
+        subscriptions = [shared.subscribe() for _ in range(3)]
+        assert [await s.wait(0.1) for s in subscriptions] == [None] * 3  # joined: read
+        for s in subscriptions:  # the reader has connected meanwhile: read once more
+            assert await s.wait(5.0) is None
+        assert len(built) == 1  # one connection for the three
+        first = backend()
+        await asyncio.to_thread(append, "b1")
+        assert [await s.wait(5.0) for s in subscriptions] == [head(service)] * 3
+        assert [await s.wait(0.2) for s in subscriptions] == [None] * 3  # timeouts
+
+        # The shared connection dies: every subscription is told to read, and NOTIFYs
+        # still come, on a new connection.
+        with psycopg.connect(**conninfo(test_settings), autocommit=True) as conn:
+            conn.execute("SELECT pg_terminate_backend(%s)", (first,))
+        for s in subscriptions:
+            assert await s.wait(10.0) is None
+        while built[-1]._conn is None:  # (reconnecting)
+            await asyncio.sleep(0.05)
+        for s in subscriptions:  # (drain the reconnection's "read")
+            await s.wait(0.5)
+        await asyncio.to_thread(append, "b2")
+        assert [await s.wait(5.0) for s in subscriptions] == [head(service)] * 3
+        second = backend()
+        assert second != first and alive(second)
+        for s in subscriptions:
+            await s.close()
+        assert built[-1]._conn is None  # the last one out closed it
+        await asyncio.to_thread(eventually, lambda: not alive(second))
+
+    asyncio.run(scenario())
