@@ -379,3 +379,22 @@ def test_the_followers_of_a_process_share_one_listen_connection(
         await asyncio.to_thread(eventually, lambda: not alive(second))
 
     asyncio.run(scenario())
+
+
+def test_the_window_holds_at_most_its_bytes_of_stored_state(service: BatchService) -> None:
+    busy_workload(service, ManualClock(), batches=20, rounds=400)
+    last = head(service)
+    bound = 20_000
+    log = SharedLog(service.recorder, service.mapper, capacity_bytes=bound)
+    position = 0
+    while position < last:
+        page = log.read(position, 25, last)
+        expected = service.recorder.select_notifications(
+            start=position, limit=25, inclusive_of_start=False
+        )
+        assert fields(page) == fields(expected)
+        position = page[-1].id
+        held = sum(len(n.state) for n in log._rows.values())
+        assert held == log._bytes <= bound
+    assert 0 < len(log._rows) < last  # trimmed: the older part is gone
+    assert log.cached(position - 3, 25, last) == log.read(position - 3, 25, last)  # recent held
