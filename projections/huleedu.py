@@ -26,13 +26,18 @@ The outbox reads those from the store (``Completion``); this module only maps.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID, uuid5
 
-from projections.envelope import OutboundMessage, json_value, rfc3339
+from projections.envelope import (
+    OutboundMessage,
+    compact_json,
+    json_value,
+    rfc3339,
+    uuid5_text,
+)
 
 SCHEMA_VERSION = 1
 SLOT_ASSIGNED = "EssaySlotAssignedV1"
@@ -168,11 +173,6 @@ def uuid_text(correlation_id: str) -> str:
         return str(uuid5(CORRELATION_NAMESPACE, correlation_id))
 
 
-def event_id_of(originator_id: UUID, version: int, name: str) -> UUID:
-    """The stable id of HuleEdu event ``name`` for the stored event at ``version``."""
-    return uuid5(originator_id, f"{version}:{name}")
-
-
 def _message(
     event: Any,
     name: str,
@@ -183,7 +183,7 @@ def _message(
     *,
     correlation_id: str | None = None,
 ) -> OutboundMessage:
-    event_id = str(event_id_of(event.originator_id, event.originator_version, name))
+    event_id = uuid5_text(event.originator_id, f"{event.originator_version}:{name}")
     envelope = {
         "event_id": event_id,
         "event_type": topic,
@@ -195,7 +195,7 @@ def _message(
         "data": json_value(data),
         "metadata": {"traceparent": traceparent} if traceparent else None,
     }
-    value = json.dumps(envelope, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    value = compact_json(envelope)
     headers = [("event_id", event_id.encode()), ("event_type", topic.encode())]
     if traceparent is not None:
         headers.append(("traceparent", traceparent.encode("ascii")))

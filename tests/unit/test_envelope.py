@@ -8,9 +8,11 @@ from typing import Any
 from uuid import UUID, uuid5
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from domain.batch import Batch
-from projections.envelope import DATA_FIELDS, envelope_of, event_id_of, rfc3339
+from projections.envelope import DATA_FIELDS, envelope_of, event_id_of, rfc3339, uuid5_text
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, 123456, tzinfo=UTC)
 SOURCE = "batch-slot-service"
@@ -167,6 +169,12 @@ def test_event_id_is_stable_and_unique() -> None:
     assert event_id_of(aggregate, 1) == uuid5(aggregate, "1")
     assert isinstance(event_id_of(aggregate, 1), UUID)
     assert envelope_of(first[0], SOURCE).value == envelope_of(second[0], SOURCE).value
+    assert ids == [str(event_id_of(e.originator_id, e.originator_version)) for e in first]
+
+
+@given(namespace=st.uuids(), name=st.text(max_size=80))
+def test_uuid5_text_is_the_standard_uuid5(namespace: UUID, name: str) -> None:
+    assert uuid5_text(namespace, name) == str(uuid5(namespace, name))
 
 
 def test_naive_timestamps_are_utc() -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid5
 
 import jsonschema
 import pytest
@@ -27,6 +27,9 @@ from application.service import BatchService
 from domain import Batch
 from projections.envelope import envelope_dict
 from projections.huleedu import (
+    COMPLETED,
+    EXCESS,
+    SLOT_ASSIGNED,
     Completion,
     HuleEduTopics,
     MissingOwner,
@@ -213,6 +216,31 @@ def test_a_republish_is_byte_identical(decided: Any) -> None:
     assert _published(svc) == _published(svc)
     ids = [e["event_id"] for _, e in _published(svc)]
     assert len(ids) == len(set(ids))
+
+
+def test_each_event_id_is_the_uuid5_of_the_stored_event_and_the_huleedu_event(
+    decided: Any,
+) -> None:
+    """The ids are a stored contract: a republish by any release carries the same."""
+    svc, _ = decided
+    names = {
+        TOPICS.completed: COMPLETED,
+        TOPICS.slot_assigned: SLOT_ASSIGNED,
+        TOPICS.excess: EXCESS,
+    }
+    checked = 0
+    for want in expected().values():
+        events = list(svc.events.get(Batch.create_id(want["batch_id"])))
+        registration = next(e for e in events if type(e).__name__ == "BatchRegistered")
+        parts = [e for e in events if type(e).__name__ == "BatchCompleted"]
+        for event in events:
+            completion = Completion(registration, parts) if needs_completion(event) else None
+            for m in huleedu_messages(event, TOPICS, "s", None, completion):
+                assert m.topic is not None
+                name = f"{event.originator_version}:{names[m.topic]}"
+                assert m.event_id == str(uuid5(event.originator_id, name))
+                checked += 1
+    assert checked > len(expected())
 
 
 def test_the_registration_keeps_the_owner_and_the_native_envelope_is_unchanged(
