@@ -135,7 +135,6 @@ class BatchService(Application[UUID]):
         self.backoff_cap_seconds = backoff_cap_seconds
         self.on_conflict = on_conflict
         self._rng = random.Random()
-        self._saved: list[Callable[[Sequence[Recording[UUID]]], None]] = []
         self._open = _LRU(cache_size)
         self._closed = _LRU(
             max(1, cache_size // 10) if closed_cache_size is None else closed_cache_size
@@ -328,7 +327,12 @@ class BatchService(Application[UUID]):
     def _store(self, batches: Sequence[Batch], traces: _Traces) -> list[Recording[UUID]]:
         """Append the batches' new events in one transaction, each with its command's
         ``traceparent``; a ``store`` span per traced command when a tracer is given."""
-        kwargs = {"traceparents": traces.traceparents} if traces.traceparents else {}
+        kwargs: dict[str, Any] = (
+            {"traceparents": traces.traceparents} if traces.traceparents else {}
+        )
+        # The events as decided go to the store with their rows: its recorder hands them to
+        # this process's followers, which then need not decode what was just encoded.
+        kwargs["decided_events"] = [e for b in batches for e in b.pending_events]
         if self.tracer is None or not traces.contexts:
             return self.save(*batches, **kwargs)
         started = time.time_ns()
@@ -363,8 +367,8 @@ class BatchService(Application[UUID]):
             span.end(end_time=ended)
 
     def save(self, *objs: Any, **kwargs: Any) -> list[Recording[UUID]]:
-        """Append, tell the ``on_saved`` listeners, then snapshot each batch whose append
-        reached a multiple of ``snapshot_interval``.
+        """Append, then snapshot each batch whose append reached a multiple of
+        ``snapshot_interval``.
 
         The library's own snapshotting (``snapshotting_intervals``) re-reads the
         aggregate from the store to snapshot it, a cost that grows with the
@@ -372,8 +376,6 @@ class BatchService(Application[UUID]):
         snapshotted as it is, at its new version.
         """
         recordings = super().save(*objs, **kwargs)
-        for callback in self._saved:
-            callback(recordings)
         if self.snapshots is None:
             return recordings
         crossed = {
@@ -392,13 +394,6 @@ class BatchService(Application[UUID]):
                     [(s.originator_id, s.originator_version) for s in snapshots],
                 )
         return recordings
-
-    def on_saved(self, callback: Callable[[Sequence[Recording[UUID]]], None]) -> None:
-        """Call ``callback`` with the recordings (each domain event and its notification)
-        of every append this service commits, in the appending thread, right after it.
-        It must not raise: the append is committed (the followers' shared log keeps the
-        events, so they need not decode what was just encoded)."""
-        self._saved.append(callback)
 
     def _checkout(
         self, batch_id: str, commands: Sequence[AnyCommand], fresh: bool = False

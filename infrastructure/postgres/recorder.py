@@ -44,9 +44,9 @@ created, and a log line says so once.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 from uuid import UUID
 
 import psycopg
@@ -64,6 +64,7 @@ from psycopg.sql import SQL, Composed, Identifier, Literal
 
 __all__ = [
     "TRACEPARENT_COLUMN",
+    "AppendWatcher",
     "TracedNotification",
     "UnpipelinedApplicationRecorder",
     "recorder_topic",
@@ -175,13 +176,16 @@ class UnpipelinedApplicationRecorder(PostgresApplicationRecorder):
         )
         self._one_statement = True  # False: the function is missing (an older store)
 
-        self._appended: list[Callable[[list[TracedNotification]], None]] = []
+        self._watchers: list[AppendWatcher] = []
 
-    def on_appended(self, callback: Callable[[list[TracedNotification]], None]) -> None:
-        """Call ``callback`` with the notifications of every append this recorder commits
-        (in the appending thread, after the commit; ``shared_log.py`` keeps them, so the
-        followers of the process that appended need not read them back)."""
-        self._appended.append(callback)
+    def watch(self, watcher: AppendWatcher) -> None:
+        """Tell ``watcher`` of every append of this recorder, in the appending thread:
+        ``appending()`` before it, ``appended(notifications, events)`` after it (empty
+        when it failed or stored nothing). ``events``: the domain events the append
+        stored, aligned with its notifications, when the caller gave them
+        (``decided_events=``), else None. ``shared_log.py`` keeps both, so the followers
+        of the process that appended need not read them back or decode them."""
+        self._watchers.append(watcher)
 
     @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
     def insert_events(
@@ -190,13 +194,17 @@ class UnpipelinedApplicationRecorder(PostgresApplicationRecorder):
         if self.datastore.enable_db_functions:
             ids: Sequence[int] | None = super().insert_events(stored_events, **kwargs)
             return ids
+        for watcher in self._watchers:
+            watcher.appending()
         appended: Sequence[int] | None = None
-        if stored_events and self._one_statement:
-            appended = self._append_in_one_statement(stored_events, **kwargs)
-        if appended is None:
-            appended = self._append_statement_by_statement(stored_events, **kwargs)
-        if appended and self._appended:
-            self._tell_appended(stored_events, appended, kwargs.get("traceparents"))
+        try:
+            if stored_events and self._one_statement:
+                appended = self._append_in_one_statement(stored_events, **kwargs)
+            if appended is None:
+                appended = self._append_statement_by_statement(stored_events, **kwargs)
+        finally:
+            if self._watchers:
+                self._tell_appended(stored_events, appended or [], kwargs)
         return appended
 
     def _append_statement_by_statement(
@@ -218,12 +226,9 @@ class UnpipelinedApplicationRecorder(PostgresApplicationRecorder):
             return ids
 
     def _tell_appended(
-        self,
-        stored_events: Sequence[StoredEvent],
-        ids: Sequence[int],
-        traceparents: Traceparents | None,
+        self, stored_events: Sequence[StoredEvent], ids: Sequence[int], kwargs: Mapping[str, Any]
     ) -> None:
-        contexts = traceparents or {}
+        contexts: Traceparents = kwargs.get("traceparents") or {}
         notifications = [
             TracedNotification(
                 id=nid,
@@ -235,11 +240,12 @@ class UnpipelinedApplicationRecorder(PostgresApplicationRecorder):
             )
             for nid, e in zip(ids, stored_events, strict=True)
         ]
-        for callback in self._appended:
+        events = _aligned(kwargs.get("decided_events"), notifications)
+        for watcher in self._watchers:
             try:
-                callback(notifications)
-            except Exception:  # committed already: a listener's failure is not the append's
-                log.exception("a listener of the event store's appends failed")
+                watcher.appended(notifications, events)
+            except Exception:  # committed already: a watcher's failure is not the append's
+                log.exception("a watcher of the event store's appends failed")
 
     def _append_in_one_statement(
         self,
@@ -325,6 +331,28 @@ class UnpipelinedApplicationRecorder(PostgresApplicationRecorder):
                 )
                 for row in curs.fetchall()
             ]
+
+
+class AppendWatcher(Protocol):
+    """What ``UnpipelinedApplicationRecorder.watch`` tells of each append."""
+
+    def appending(self) -> None: ...
+
+    def appended(
+        self, notifications: list[TracedNotification], events: list[Any] | None
+    ) -> None: ...
+
+
+def _aligned(
+    events: Sequence[Any] | None, notifications: Sequence[Notification]
+) -> list[Any] | None:
+    """The domain events of an append in its notifications' order (None: not given, or
+    not exactly the events stored)."""
+    if not events or len(events) != len(notifications):
+        return None
+    by_key = {(e.originator_id, e.originator_version): e for e in events}
+    found = [by_key.get((n.originator_id, n.originator_version)) for n in notifications]
+    return None if any(e is None for e in found) else found
 
 
 def _columns(

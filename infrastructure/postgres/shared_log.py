@@ -35,12 +35,15 @@ Decoded events are shared too (the library's events are frozen dataclasses;
 no follower changes them). Thread-safe: followers read from worker threads.
 
 This process's own appends are neither read back nor decoded: the recorder
-hands the window the notifications of every append it commits (``appended``),
-and the service the domain events it has just saved (``saved``), which are
-the events a decode of those rows returns (equal field by field, checked in
-``tests/integration/test_shared_log.py``). A read that the window can answer
-is answered in the caller's thread (``cached``): a follower on the event loop
-hops to a worker thread only when the store must be asked.
+hands the window the notifications of every append it commits, with the
+domain events the service stored (``appended``), which are the events a
+decode of those rows returns (equal field by field, checked in
+``tests/integration/test_shared_log.py``). An append's NOTIFY is sent at its
+commit, a moment before the recorder hands its rows over: a read told of ids
+this process is appending waits for them (``OWN_APPEND_WAIT`` at most)
+instead of reading them back. A read that the window can answer is answered
+in the caller's thread (``cached``): a follower on the event loop hops to a
+worker thread only when the store must be asked.
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ __all__ = ["SharedLog", "shared_log"]
 
 CAPACITY = 20_000  # notifications kept (about 20 MB with their decoded events)
 CAPACITY_BYTES = 32 * 1024 * 1024  # and at most this much stored state (large completions)
+OWN_APPEND_WAIT = 0.05  # seconds a read waits for the rows of an own append it was told of
 
 
 class SharedLog:
@@ -70,7 +74,7 @@ class SharedLog:
         self.recorder, self.mapper, self.capacity = recorder, mapper, capacity
         self.capacity_bytes = capacity_bytes
         self._bytes = 0  # stored state held
-        self._lock = threading.Lock()  # the window's state
+        self._lock = threading.Condition()  # the window's state (notified on each append)
         self._inflight: dict[int, threading.Event] = {}  # store reads under way, by start
         self._low = self._high = 0  # the window (low, high]; empty while low == high
         self._ids: list[int] = []  # ascending, all in (low, high]
@@ -79,47 +83,38 @@ class SharedLog:
         self.store_reads = 0  # reads that went to the store (for tests and metrics)
         self.reads = 0
         self.pushed = 0  # notifications kept from this process's own appends
-        self.adopted = 0  # decoded events kept from this process's own saves
-        on_appended = getattr(recorder, "on_appended", None)
-        if on_appended is not None:  # (the project's recorder; the library's has none)
-            on_appended(self.appended)
+        self._appending = 0  # this process's appends under way (committed, not yet kept)
+        watch = getattr(recorder, "watch", None)
+        if watch is not None:  # (the project's recorder; the library's has none)
+            watch(self)
 
-    def saved(self, recordings: Sequence[Any]) -> None:
-        """The domain events of an append this process has just committed (the service's
-        recordings): kept as the decoded events of the notifications the window holds,
-        so no follower decodes what the worker has just encoded. A recording whose id
-        the window does not hold (not kept by ``appended``), or holds for another event
-        (the store restored meanwhile), is ignored: it is decoded when read."""
+    def appending(self) -> None:
+        """An append of this process begins (its ``appended`` follows, whatever happens)."""
         with self._lock:
-            for recording in recordings:
-                event, nid = recording.domain_event, recording.notification.id
-                row = self._rows.get(nid)
-                if (
-                    row is not None
-                    and nid not in self._events
-                    and row.originator_id == event.originator_id
-                    and row.originator_version == event.originator_version
-                ):
-                    self._events[nid] = event
-                    self.adopted += 1
+            self._appending += 1
 
-    def appended(self, notifications: Sequence[Notification]) -> None:
-        """The notifications of an append this process has just committed: kept if they
+    def appended(self, notifications: Sequence[Notification], events: Sequence[Any] | None) -> None:
+        """The notifications of an append this process has just committed (empty: it
+        failed), and the domain events it stored (None: not given): kept if they
         continue the window (or start it), so the followers of this process take them
-        from memory instead of reading them back. One append's ids are consecutive
-        (drawn under the table lock), so ``(first - 1, last]`` holds exactly them; an
-        append that does not continue the window (another process's ids before it, not
-        read yet) is left to the store."""
-        if not notifications:
-            return
-        first = notifications[0].id  # (ascending, as the append returns them)
-        if notifications[-1].id - first != len(notifications) - 1:
-            return  # not one run of consecutive ids
+        from memory instead of reading them back and decoding them. One append's ids
+        are consecutive (drawn under the table lock), so ``(first - 1, last]`` holds
+        exactly them; an append that does not continue the window (another process's
+        ids before it, not read yet) is left to the store."""
         with self._lock:
-            empty = self._low == self._high
-            if empty or first - 1 == self._high:
+            self._appending -= 1
+            self._lock.notify_all()
+            if not notifications:
+                return
+            first = notifications[0].id  # (ascending, as the append returns them)
+            if notifications[-1].id - first != len(notifications) - 1:
+                return  # not one run of consecutive ids
+            if self._low == self._high or first - 1 == self._high:
                 self._keep(first - 1, list(notifications))
                 self.pushed += len(notifications)
+                if events is not None:
+                    for n, event in zip(notifications, events, strict=True):
+                        self._events[n.id] = event
 
     # ------------------------------------------------------------------ reading
 
@@ -134,9 +129,7 @@ class SharedLog:
                 self.reads += 1
             return page
 
-    def _answer(
-        self, after: int, limit: int, announced: int | None
-    ) -> list[Notification] | None:
+    def _answer(self, after: int, limit: int, announced: int | None) -> list[Notification] | None:
         """The window's answer to a read (the lock held), or None: ask the store."""
         cached = self._after(after, limit)
         if cached is not None and (
@@ -158,6 +151,12 @@ class SharedLog:
         after = after or 0
         with self._lock:
             self.reads += 1
+            if announced is not None and announced > self._high and self._appending:
+                # The NOTIFY of this process's own append came before the append handed
+                # its rows over (it is sent at commit): wait for them, briefly.
+                self._lock.wait_for(
+                    lambda: self._high >= announced or not self._appending, OWN_APPEND_WAIT
+                )
         while True:
             with self._lock:
                 answer = self._answer(after, limit, announced)
@@ -299,7 +298,4 @@ def shared_log(app: Any) -> SharedLog:
         log = _LOGS.get(app)
         if log is None:
             log = _LOGS[app] = SharedLog(app.recorder, app.mapper)
-            on_saved = getattr(app, "on_saved", None)
-            if on_saved is not None:  # (BatchService: the events of its own appends)
-                on_saved(log.saved)
         return log

@@ -124,7 +124,9 @@ async def follow(
                 page = log.cached(after, page_size, announced)  # (memory: no thread hop)
                 if page is None:
                     page = await asyncio.to_thread(log.read, after, page_size, announced)
-                announced = None
+                # ``announced`` is kept while pages come full: every id up to it is
+                # committed (ids commit in order), and any later append is announced to
+                # ``wake`` (so the wait after the next short page reads it).
                 if page:
                     await follower.handle(page, after)
                 delay = backoff[0]
@@ -135,6 +137,7 @@ async def follow(
             except LeaseLost:
                 raise
             except Exception as error:
+                announced = None  # (read the store again)
                 if await follower.failed(error):
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), delay)

@@ -18,6 +18,7 @@ from infrastructure.bootstrap import Bootstrap
 from infrastructure.postgres.listen import Listener, SharedListener
 from infrastructure.postgres.shared_log import SharedLog, shared_log
 from infrastructure.postgres.store import conninfo
+from infrastructure.processes.follower import follow
 from infrastructure.settings import Settings
 from projections.due_index import due_change_of
 from projections.envelope import DATA_FIELDS, envelope_of
@@ -25,7 +26,7 @@ from projections.huleedu import Completion, HuleEduTopics, huleedu_messages, nee
 from projections.slot_view import change_of
 from tests.conftest import ManualClock, make_settings
 from tests.integration.slot_support import busy_workload, head
-from tests.support.poll import eventually
+from tests.support.poll import eventually, eventually_async
 
 
 @pytest.fixture
@@ -267,7 +268,7 @@ def test_this_process_s_saved_events_are_taken_as_they_were_saved_not_decoded(
     )
     last = head(service)
     page = log.read(0, 1000, last)
-    assert log.store_reads == 0 and log.adopted == last == len(page)
+    assert log.store_reads == 0 and len(log._events) == last == len(page)
     decoded = [service.mapper.to_domain_event(n) for n in page]
     log.mapper = _NoDecoding()  # type: ignore[assignment]
     kept = log.events(page)
@@ -304,7 +305,7 @@ def test_saved_events_of_ids_the_window_does_not_hold_are_decoded_when_read(
             [RegisterBatch(batch_id="theirs", correlation_id="t", essay_ids=["e1"])]
         )
     service.execute([RegisterBatch(batch_id="later", correlation_id="l", essay_ids=["e1"])])
-    assert log.adopted == 1  # the append after theirs did not continue the window
+    assert len(log._events) == 1  # the append after theirs did not continue the window
     page = log.read(0, 10, head(service))
     assert [e.batch_id for e in log.events(page)] == ["ours", "theirs", "later"]
     assert log.events(page) == [service.mapper.to_domain_event(n) for n in page]
@@ -398,3 +399,53 @@ def test_the_window_holds_at_most_its_bytes_of_stored_state(service: BatchServic
         assert held == log._bytes <= bound
     assert 0 < len(log._rows) < last  # trimmed: the older part is gone
     assert log.cached(position - 3, 25, last) == log.read(position - 3, 25, last)  # recent held
+
+
+class _Collecting:
+    """A follower that keeps every page it is given (the shared loop's ``Follower``)."""
+
+    def __init__(self) -> None:
+        self.position = 0
+        self.ids: list[int] = []
+        self.waits = 0
+
+    async def read_after(self) -> int:
+        return self.position
+
+    async def handle(self, page: Any, after: int | None) -> None:
+        self.ids.extend(n.id for n in page)
+        self.position = page[-1].id
+
+    async def caught_up(self) -> None:
+        self.waits += 1
+
+    async def failed(self, error: Exception) -> bool:
+        raise error
+
+
+def test_pages_of_this_process_s_appends_come_from_memory_also_while_they_come_full(
+    test_settings: Settings, service: BatchService
+) -> None:
+    log = shared_log(service)
+    busy_workload(service, ManualClock(), batches=10, rounds=200)
+    channel = service.recorder.channel_name
+    follower = _Collecting()
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        wake = SharedListener(lambda: Listener(test_settings, channel)).subscribe()
+        task = asyncio.create_task(
+            follow(follower, log, wake, stop, page_size=50, idle_timeout=30.0)
+        )
+        await eventually_async(lambda: follower.position == head(service) and follower.waits > 1)
+        reads = log.store_reads
+        # A burst of appends, many pages of it: the loop reads page after full page.
+        await asyncio.to_thread(busy_workload, service, ManualClock(), 10, 600, 9)
+        await eventually_async(lambda: follower.position == head(service))
+        assert log.store_reads == reads  # every page from the window, none read back
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+    asyncio.run(scenario())
+    stored = service.recorder.select_notifications(start=0, limit=10_000, inclusive_of_start=False)
+    assert follower.ids == [n.id for n in stored]  # each event once, in order, none missing
