@@ -6,10 +6,13 @@ used to read and decode every event three times. ``SharedLog`` keeps the last
 notifications read (up to ``CAPACITY`` of them, and ``CAPACITY_BYTES`` of their
 stored state), with their decoded events, so the follower that reads a page
 first pays for it and the others take it from memory. The window is that large
-so a follower that trails while the worker drains a backlog (the outbox, the
-slowest of the three) still finds its pages in it; at 4,000 it fell out and
-read and decoded most of a drain from the store again (12% of the process's
-CPU in a drain).
+where this process's own appends feed it, so a follower that trails while the
+worker drains a backlog (the outbox, the slowest of the three) still finds its
+pages in it; at 4,000 it fell out and read and decoded most of a drain from the
+store again (12% of the process's CPU in a drain). Fed by reads alone (a
+process of followers only) it keeps ``READ_CAPACITY``; and a process whose
+followers do not read here (a worker whose followers lead elsewhere) keeps
+none of its appends.
 
 Why a cached page is the page a fresh read would return: notification ids
 commit in id order (an append takes the events table's EXCLUSIVE lock before
@@ -50,6 +53,7 @@ from __future__ import annotations
 
 import bisect
 import threading
+import time
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -61,6 +65,8 @@ __all__ = ["SharedLog", "shared_log"]
 CAPACITY = 20_000  # notifications kept (about 20 MB with their decoded events)
 CAPACITY_BYTES = 32 * 1024 * 1024  # and at most this much stored state (large completions)
 OWN_APPEND_WAIT = 0.05  # seconds a read waits for the rows of an own append it was told of
+READ_CAPACITY = 4000  # notifications kept where no append of this process feeds the window
+UNREAD_SECONDS = 5.0  # appends are kept only while a follower of this process reads
 
 
 class SharedLog:
@@ -84,6 +90,7 @@ class SharedLog:
         self.reads = 0
         self.pushed = 0  # notifications kept from this process's own appends
         self._appending = 0  # this process's appends under way (committed, not yet kept)
+        self._read_at = float("-inf")  # when a follower of this process last read
         watch = getattr(recorder, "watch", None)
         if watch is not None:  # (the project's recorder; the library's has none)
             watch(self)
@@ -104,8 +111,8 @@ class SharedLog:
         with self._lock:
             self._appending -= 1
             self._lock.notify_all()
-            if not notifications:
-                return
+            if not notifications or time.monotonic() - self._read_at > UNREAD_SECONDS:
+                return  # (nobody here reads the log: a worker whose followers run elsewhere)
             first = notifications[0].id  # (ascending, as the append returns them)
             if notifications[-1].id - first != len(notifications) - 1:
                 return  # not one run of consecutive ids
@@ -114,7 +121,8 @@ class SharedLog:
                 self.pushed += len(notifications)
                 if events is not None:
                     for n, event in zip(notifications, events, strict=True):
-                        self._events[n.id] = event
+                        if n.id in self._rows:  # (not trimmed at once)
+                            self._events[n.id] = event
 
     # ------------------------------------------------------------------ reading
 
@@ -127,6 +135,7 @@ class SharedLog:
             page = self._answer(after or 0, limit, announced)
             if page is not None:
                 self.reads += 1
+                self._read_at = time.monotonic()
             return page
 
     def _answer(self, after: int, limit: int, announced: int | None) -> list[Notification] | None:
@@ -151,6 +160,7 @@ class SharedLog:
         after = after or 0
         with self._lock:
             self.reads += 1
+            self._read_at = time.monotonic()
             if announced is not None and announced > self._high and self._appending:
                 # The NOTIFY of this process's own append came before the append handed
                 # its rows over (it is sent at commit): wait for them, briefly.
@@ -265,10 +275,13 @@ class SharedLog:
         self._trim()
 
     def _trim(self) -> None:
+        # A window only reads fill (no append of this process feeds it) serves followers
+        # that read the same pages at about the same time: a few pages are enough.
+        capacity = self.capacity if self.pushed else min(self.capacity, READ_CAPACITY)
         over_bytes = self._bytes > self.capacity_bytes
-        if len(self._ids) <= self.capacity + self.capacity // 4 and not over_bytes:
+        if len(self._ids) <= capacity + capacity // 4 and not over_bytes:
             return  # (trimmed a quarter at a time: not a list copy per page)
-        excess = max(0, len(self._ids) - self.capacity)
+        excess = max(0, len(self._ids) - capacity)
         if over_bytes:  # the oldest, until a quarter under the byte bound
             target, freed = self._bytes - self.capacity_bytes * 3 // 4, 0
             while excess < len(self._ids) - 1 and freed < target:

@@ -15,6 +15,7 @@ import pytest
 from application.commands import ExpirePending, ProvisionContent, RegisterBatch, TimeOutBatch
 from application.service import BatchService
 from infrastructure.bootstrap import Bootstrap
+from infrastructure.postgres import shared_log as shared_log_module
 from infrastructure.postgres.listen import Listener, SharedListener
 from infrastructure.postgres.shared_log import SharedLog, shared_log
 from infrastructure.postgres.store import conninfo
@@ -201,10 +202,11 @@ def test_this_process_s_appends_are_kept_without_a_read_back(
     test_settings: Settings, service: BatchService
 ) -> None:
     log = SharedLog(service.recorder, service.mapper)
+    assert log.read(0, 10) == []  # a follower reads here: this process's appends are kept
     busy_workload(service, ManualClock(), batches=10, rounds=200)  # appends of this process
     last = head(service)
     page = log.read(0, 1000, last)
-    assert log.store_reads == 0 and log.pushed == last  # every one kept from its append
+    assert log.store_reads == 1 and log.pushed == last  # every one kept from its append
     stored = service.recorder.select_notifications(start=0, limit=1000, inclusive_of_start=False)
     assert fields(page) == fields(stored)  # exactly what the store holds
     assert [n.traceparent for n in page] == [n.traceparent for n in stored]  # type: ignore[attr-defined]
@@ -220,7 +222,7 @@ def test_this_process_s_appends_are_kept_without_a_read_back(
     service.execute([RegisterBatch(batch_id="ours", correlation_id="o", essay_ids=["e1"])])
     assert log.pushed == last  # not kept
     more = log.read(last, 1000, head(service))
-    assert log.store_reads == 1
+    assert log.store_reads == 2
     assert [n.id for n in more] == [theirs, head(service)]
     assert fields(more) == fields(
         service.recorder.select_notifications(start=last, limit=1000, inclusive_of_start=False)
@@ -238,6 +240,7 @@ def test_this_process_s_saved_events_are_taken_as_they_were_saved_not_decoded(
     service: BatchService,
 ) -> None:
     log = shared_log(service)  # (the process's log: told of every save of the service)
+    assert log.read(0, 10) == []  # (a follower reads here)
     clock = service.clock
     assert isinstance(clock, ManualClock)
     busy_workload(service, clock, batches=10, rounds=400)
@@ -268,7 +271,7 @@ def test_this_process_s_saved_events_are_taken_as_they_were_saved_not_decoded(
     )
     last = head(service)
     page = log.read(0, 1000, last)
-    assert log.store_reads == 0 and len(log._events) == last == len(page)
+    assert log.store_reads == 1 and len(log._events) == last == len(page)
     decoded = [service.mapper.to_domain_event(n) for n in page]
     log.mapper = _NoDecoding()  # type: ignore[assignment]
     kept = log.events(page)
@@ -299,6 +302,7 @@ def test_saved_events_of_ids_the_window_does_not_hold_are_decoded_when_read(
     test_settings: Settings, service: BatchService
 ) -> None:
     log = shared_log(service)
+    assert log.read(0, 10) == []  # (a follower reads here)
     service.execute([RegisterBatch(batch_id="ours", correlation_id="o", essay_ids=["e1"])])
     with Bootstrap(test_settings, clock=ManualClock()) as other:  # ids this one has not read
         other.service.execute(
@@ -449,3 +453,18 @@ def test_pages_of_this_process_s_appends_come_from_memory_also_while_they_come_f
     asyncio.run(scenario())
     stored = service.recorder.select_notifications(start=0, limit=10_000, inclusive_of_start=False)
     assert follower.ids == [n.id for n in stored]  # each event once, in order, none missing
+
+
+def test_a_process_whose_followers_do_not_read_here_keeps_none_of_its_appends(
+    service: BatchService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = shared_log(service)  # (as a worker's: its followers lead in other processes)
+    busy_workload(service, ManualClock(), batches=10, rounds=200)
+    assert log.pushed == 0 and not log._rows  # nothing held for nobody
+    page = log.read(0, 1000, head(service))  # a follower starts reading here:
+    assert log.store_reads == 1 and len(page) == head(service)
+    service.execute([RegisterBatch(batch_id="later", correlation_id="l", essay_ids=["e1"])])
+    assert log.pushed == 1  # from now on its appends are kept
+    monkeypatch.setattr(shared_log_module, "UNREAD_SECONDS", 0.0)  # (no read since)
+    service.execute([RegisterBatch(batch_id="later2", correlation_id="l", essay_ids=["e1"])])
+    assert log.pushed == 1
