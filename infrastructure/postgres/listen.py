@@ -206,8 +206,8 @@ class Subscription:
         return None if unknown else highest
 
     async def close(self) -> None:
-        """Leave the reader (the last one out closes the connection); the stall
-        watchdog's lever, too: the next ``wait`` joins (or starts) a reader again."""
+        """Leave the reader (the last one out closes the connection); a later ``wait``
+        joins (or starts) a reader again."""
         reader, self._reader = self._reader, None
         if reader is not None:
             await reader.remove(self)
