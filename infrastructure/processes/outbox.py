@@ -221,6 +221,8 @@ class Outbox:
         # writes them): it keeps both in memory between pages (None: read them).
         self._known: int | None = None  # the position after the last page published
         self._parked: set[str] | None = None  # batches with parked events
+        self._recording_failed = False  # the last failure was a position write's
+        self._refused = 0.0  # how much later the next position write is asked (refused)
 
     # ------------------------------------------------------------- position
 
@@ -401,8 +403,10 @@ class Outbox:
 
     def _on_recorded(self, position: int) -> None:
         self.published = position
+        self._refused = 0.0
 
     def _write_failed(self) -> None:
+        self._recording_failed = True
         if self._nudge is not None:
             self._nudge.set()
             if self._listener is not None:
@@ -647,6 +651,7 @@ class Outbox:
         retry failures with backoff)."""
         listener = self._listener = self._new_listener()
         self._known = self._parked = None  # (a new lease: another instance may have led)
+        self._recording_failed = False
         self._nudge = asyncio.Event()
         self.published = await asyncio.to_thread(self.position)
         log.info("outbox starting at position %d, topic %s", self.published, self.topic)
@@ -724,14 +729,26 @@ class Outbox:
     async def failed(self, error: Exception) -> bool:
         """Broker or database trouble: retry the page after the backoff (from the
         position and parked batches recorded in the store). The store behind this
-        outbox (``PositionMoved``): go on at once from the position recorded there."""
-        self._known = self._parked = None
+        outbox (``PositionMoved``): go on at once from the position recorded there.
+        Under the lease, a position the store refused to record (read-only for a while:
+        a failover, a full disk) changes nothing that was published: it stays published
+        and is recorded once the store takes writes again, instead of being sent again
+        after every backoff (a read-only window of seconds used to republish the
+        unrecorded page dozens of times)."""
+        recording, self._recording_failed = self._recording_failed, False
         if isinstance(error, PositionMoved):
+            self._known = self._parked = None
             shared_log(self._app).forget()  # (restored: the ids it holds are drawn again)
             log.warning("outbox: %s; going on from the recorded position", error)
             return False
         self.failures += 1
         log.warning("outbox page failed (%s: %s); retrying", described(error, self.settings), error)
+        if recording and self._known is not None and FENCE.get() is not None:
+            # Asked again later, and later each time it is refused (up to the backoff's cap).
+            self._refused = min(self.backoff[1], max(self.backoff[0], 2 * self._refused))
+            self._recorded_at = time.monotonic() + self._refused
+            return True
+        self._known = self._parked = None
         await self.close()
         return True
 

@@ -17,7 +17,7 @@ from infrastructure.postgres.lease import LeaseKeeper
 from infrastructure.postgres.shared_log import shared_log
 from infrastructure.postgres.store import conninfo
 from infrastructure.processes.leadership import Leadership
-from infrastructure.processes.outbox import Outbox
+from infrastructure.processes.outbox import TRACKING_TABLE, Outbox
 from infrastructure.settings import Settings
 from tests.integration import test_outbox as outbox_tests
 from tests.integration.slot_support import head
@@ -185,3 +185,57 @@ def restore(s: Settings, position: int) -> None:
             (f'"{schema}".batchservice_events', position),
         )
         conn.execute(f'UPDATE "{schema}".outbox_tracking SET notification_id = %s', (position,))
+
+
+def test_a_position_the_store_refuses_for_a_while_is_recorded_later_not_published_again(
+    env: tuple[Settings, BatchService],
+) -> None:
+    """The store refuses the outbox's position writes (read-only for a while, as in a
+    failover): what was published stays published, and the position is recorded once
+    the store takes writes again; nothing is sent again meanwhile."""
+    s, service = env
+    schema = s.database_schema
+    refuse = (
+        f"CREATE FUNCTION {schema}.refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        "RAISE EXCEPTION 'read-only for now' USING ERRCODE = 'read_only_sql_transaction'; "
+        f"END $$; CREATE TRIGGER refuse BEFORE INSERT OR UPDATE ON {schema}.{TRACKING_TABLE} "
+        f"FOR EACH ROW EXECUTE FUNCTION {schema}.refuse()"
+    )
+    accept = f"DROP TRIGGER refuse ON {schema}.{TRACKING_TABLE}; DROP FUNCTION {schema}.refuse()"
+
+    def sql(statement: str) -> None:
+        with psycopg.connect(**conninfo(s), autocommit=True) as conn:
+            conn.execute(statement)  # type: ignore[arg-type]
+
+    def append(i: int) -> None:
+        service.execute([RegisterBatch(batch_id=f"r{i}", correlation_id=f"c{i}", essay_ids=["e"])])
+
+    async def scenario() -> tuple[int, int]:
+        outbox = outbox_of(s, service, CountingOutbox, record_interval=0.05)
+        stop = asyncio.Event()
+        leadership = Leadership(LeaseKeeper(s, ["outbox"], "only"))
+        task = asyncio.create_task(leadership.run({"outbox": outbox.run}, stop))
+        try:
+            await eventually_async(lambda: leadership.leads("outbox"), 10, what="the lease")
+            await asyncio.to_thread(append, 0)
+            await eventually_async(lambda: outbox.position() == head(service), 10)
+            recorded = outbox.position()
+            await asyncio.to_thread(sql, refuse)
+            for i in range(1, 11):  # published, their position refused
+                await asyncio.to_thread(append, i)
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(2.0)  # several rounds of the outbox's retries
+            assert outbox.position() == recorded and outbox.failures >= 2
+            await asyncio.to_thread(sql, accept)
+            last = head(service)
+            await eventually_async(lambda: outbox.position() == last, 20, what="recorded")
+            failures = outbox.failures
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 10)
+        return failures, last
+
+    failures, last = asyncio.run(scenario())
+    seen = check_delivery(service, s, asyncio.run(consume(s, last)))
+    assert set(seen.values()) == {1}, seen  # every event once: nothing sent again
+    assert failures <= 8  # retried with a growing backoff, not every 0.1 s
