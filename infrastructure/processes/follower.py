@@ -131,11 +131,9 @@ async def follow(
                     await follower.handle(page, after)
                 if len(page) < page_size:
                     await follower.caught_up()
-                    delay = backoff[0]  # (a whole round, its checks too, went through)
                     read_to = page[-1].id if page else after or 0
                     announced = await _wait_for_more(read_to, wake, stop, idle_timeout, nudge)
-                else:
-                    delay = backoff[0]
+                delay = backoff[0]  # (a whole round, its checks too, went through)
             except LeaseLost:
                 raise
             except Exception as error:

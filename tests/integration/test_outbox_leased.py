@@ -6,7 +6,9 @@ position in the store catches up once the outbox is idle. Real PostgreSQL and br
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import AsyncIterator
 
 import psycopg
 
@@ -28,6 +30,27 @@ from tests.support.poll import eventually_async
 env = outbox_tests.env  # the same store and broker topics as the outbox's other tests
 
 
+@contextlib.asynccontextmanager
+async def leading(s: Settings, outbox: Outbox, holder: str) -> AsyncIterator[Leadership]:
+    """``outbox`` run under its lease (as ``holder``) for the block, then stopped."""
+    stop = asyncio.Event()
+    leadership = Leadership(LeaseKeeper(s, ["outbox"], holder))
+    task = asyncio.create_task(leadership.run({"outbox": outbox.run}, stop))
+    try:
+        yield leadership
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
+def register(service: BatchService, tag: str, n: int) -> None:
+    """``n`` registrations, one append each: batches ``{tag}0`` … ``{tag}{n-1}``."""
+    for i in range(n):
+        service.execute(
+            [RegisterBatch(batch_id=f"{tag}{i}", correlation_id=f"{tag}{i}", essay_ids=["e"])]
+        )
+
+
 class CountingOutbox(Outbox):
     """The real outbox, counting its position writes (each one a committed transaction)."""
 
@@ -46,10 +69,7 @@ def test_a_leased_outbox_records_its_position_a_few_times_not_after_every_page(
 
     async def scenario() -> tuple[int, int]:
         outbox = outbox_of(s, service, CountingOutbox, record_every=100, record_interval=0.3)
-        stop = asyncio.Event()
-        leadership = Leadership(LeaseKeeper(s, ["outbox"], "only"))
-        task = asyncio.create_task(leadership.run({"outbox": outbox.run}, stop))
-        try:
+        async with leading(s, outbox, "only") as leadership:
             await eventually_async(lambda: leadership.leads("outbox"), 10, what="the lease")
             for i in range(appends):  # one small append at a time: a page each
                 await asyncio.to_thread(
@@ -71,9 +91,6 @@ def test_a_leased_outbox_records_its_position_a_few_times_not_after_every_page(
             # Idle: the position reaches the store's head within record_interval or so.
             await eventually_async(lambda: outbox.position() == last, 10, what="the position")
             writes = outbox.writes
-        finally:
-            stop.set()
-            await asyncio.wait_for(task, 10)
         return writes, last
 
     writes, last = asyncio.run(scenario())
@@ -91,34 +108,22 @@ def test_an_outbox_that_leads_again_goes_on_from_the_store_not_from_memory(
     object must not go back to where it stood when it last led."""
     s, service = env
 
-    def register(n: int, tag: str) -> None:
-        for i in range(n):
-            service.execute(
-                [RegisterBatch(batch_id=f"{tag}{i}", correlation_id=f"{tag}{i}", essay_ids=["e"])]
-            )
-
     async def lead(outbox: Outbox, until_position: int) -> None:
-        stop = asyncio.Event()
-        leadership = Leadership(LeaseKeeper(s, ["outbox"], "again"))
-        task = asyncio.create_task(leadership.run({"outbox": outbox.run}, stop))
-        try:
+        async with leading(s, outbox, "again"):
             await eventually_async(
                 lambda: outbox.position() >= until_position, 10, what="the position"
             )
-        finally:
-            stop.set()
-            await asyncio.wait_for(task, 10)
 
     async def scenario() -> int:
         outbox = outbox_of(s, service)
-        register(5, "a")
+        register(service, "a", 5)
         await lead(outbox, head(service))
-        register(5, "b")
+        register(service, "b", 5)
         other = outbox_of(s, service)  # another instance leads meanwhile
         while await other.publish_once():
             pass
         await other.close()
-        register(5, "c")
+        register(service, "c", 5)
         await lead(outbox, head(service))
         return head(service)
 
@@ -135,31 +140,19 @@ def test_a_store_restored_under_a_leased_outbox_is_noticed_and_its_new_events_pu
     store now has is published, though it reuses ids the outbox had already gone past."""
     s, service = env
 
-    def register(tag: str, n: int) -> None:
-        for i in range(n):
-            service.execute(
-                [RegisterBatch(batch_id=f"{tag}{i}", correlation_id=f"{tag}{i}", essay_ids=["e"])]
-            )
-
     async def scenario() -> int:
         outbox = outbox_of(s, service, record_every=1)
         outbox.head_check_seconds = 0.2
-        stop = asyncio.Event()
-        leadership = Leadership(LeaseKeeper(s, ["outbox"], "restored"))
-        task = asyncio.create_task(leadership.run({"outbox": outbox.run}, stop))
-        try:
-            register("a", 5)
+        async with leading(s, outbox, "restored"):
+            register(service, "a", 5)
             backup = head(service)
             await eventually_async(lambda: outbox.position() == backup, 10, what="published")
-            register("lost", 5)
+            register(service, "lost", 5)
             await eventually_async(lambda: outbox.position() == head(service), 10, what="all")
             restore(s, backup)
-            register("new", 8)  # more than were lost: their ids are drawn again
+            register(service, "new", 8)  # more than were lost: their ids are drawn again
             last = head(service)
             await eventually_async(lambda: outbox.position() == last, 10, what="new published")
-        finally:
-            stop.set()
-            await asyncio.wait_for(task, 10)
         return last
 
     asyncio.run(scenario())
@@ -212,10 +205,7 @@ def test_a_position_the_store_refuses_for_a_while_is_recorded_later_not_publishe
 
     async def scenario() -> tuple[int, int]:
         outbox = outbox_of(s, service, CountingOutbox, record_interval=0.05)
-        stop = asyncio.Event()
-        leadership = Leadership(LeaseKeeper(s, ["outbox"], "only"))
-        task = asyncio.create_task(leadership.run({"outbox": outbox.run}, stop))
-        try:
+        async with leading(s, outbox, "only") as leadership:
             await eventually_async(lambda: leadership.leads("outbox"), 10, what="the lease")
             await asyncio.to_thread(append, 0)
             await eventually_async(lambda: outbox.position() == head(service), 10)
@@ -230,9 +220,6 @@ def test_a_position_the_store_refuses_for_a_while_is_recorded_later_not_publishe
             last = head(service)
             await eventually_async(lambda: outbox.position() == last, 20, what="recorded")
             failures = outbox.failures
-        finally:
-            stop.set()
-            await asyncio.wait_for(task, 10)
         return failures, last
 
     failures, last = asyncio.run(scenario())

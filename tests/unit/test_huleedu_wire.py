@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 from uuid import UUID, uuid5
 
@@ -25,7 +26,7 @@ from application.commands import (
 from application.messages import InvalidMessage, parse_inbound
 from application.service import BatchService
 from domain import Batch
-from projections.envelope import envelope_dict
+from projections.envelope import OutboundMessage, envelope_dict
 from projections.huleedu import (
     COMPLETED,
     EXCESS,
@@ -168,19 +169,26 @@ def test_nothing_valid_is_rejected_and_every_batch_ends_as_expected(decided: Any
         assert batch.excess == {e["text_storage_id"]: e["reason"] for e in want["excess"]}
 
 
-def _published(svc: BatchService) -> list[tuple[str, dict[str, Any]]]:
-    """What the outbox would publish on HuleEdu's topics for every stored event."""
-    out: list[tuple[str, dict[str, Any]]] = []
+def _messages(svc: BatchService, source: str) -> Iterator[tuple[Any, str, OutboundMessage]]:
+    """Every stored event of the scenario's batches, with each message the outbox would
+    publish for it on HuleEdu's topics (and that message's topic)."""
     for want in expected().values():
         events = list(svc.events.get(Batch.create_id(want["batch_id"])))
         registration = next(e for e in events if type(e).__name__ == "BatchRegistered")
         parts = [e for e in events if type(e).__name__ == "BatchCompleted"]
         for event in events:
             completion = Completion(registration, parts) if needs_completion(event) else None
-            for m in huleedu_messages(event, TOPICS, "essay-lifecycle-service", None, completion):
+            for m in huleedu_messages(event, TOPICS, source, None, completion):
                 assert m.topic is not None
-                out.append((m.topic, validate_outbound(MODEL_OF_TOPIC[m.topic], m.value)))
-    return out
+                yield event, m.topic, m
+
+
+def _published(svc: BatchService) -> list[tuple[str, dict[str, Any]]]:
+    """What the outbox would publish on HuleEdu's topics for every stored event."""
+    return [
+        (topic, validate_outbound(MODEL_OF_TOPIC[topic], m.value))
+        for _, topic, m in _messages(svc, "essay-lifecycle-service")
+    ]
 
 
 def test_every_outbound_event_validates_against_huleedus_models(decided: Any) -> None:
@@ -229,17 +237,10 @@ def test_each_event_id_is_the_uuid5_of_the_stored_event_and_the_huleedu_event(
         TOPICS.excess: EXCESS,
     }
     checked = 0
-    for want in expected().values():
-        events = list(svc.events.get(Batch.create_id(want["batch_id"])))
-        registration = next(e for e in events if type(e).__name__ == "BatchRegistered")
-        parts = [e for e in events if type(e).__name__ == "BatchCompleted"]
-        for event in events:
-            completion = Completion(registration, parts) if needs_completion(event) else None
-            for m in huleedu_messages(event, TOPICS, "s", None, completion):
-                assert m.topic is not None
-                name = f"{event.originator_version}:{names[m.topic]}"
-                assert m.event_id == str(uuid5(event.originator_id, name))
-                checked += 1
+    for event, topic, m in _messages(svc, "s"):
+        name = f"{event.originator_version}:{names[topic]}"
+        assert m.event_id == str(uuid5(event.originator_id, name))
+        checked += 1
     assert checked > len(expected())
 
 
